@@ -1,0 +1,24 @@
+# `make run` sets everything up and runs the default experiment; `make test` runs the tests.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: install run test lint
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1 || $(PY) -m pip install --quiet "torch>=2.4" "torchvision>=0.19"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+run: install
+	$(PY) -m pipeline.run $(ARGS)
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .

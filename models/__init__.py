@@ -1,0 +1,1 @@
+"""MONAI network builders and DP-compatibility checks."""

@@ -1,0 +1,102 @@
+"""MONAI networks chosen by config (``conf/model/``).
+
+Each builder takes the data-derived shape (``in_channels``, ``num_classes``, ``image_size``) plus
+its own config keys. Normalisation is a MONAI ``(name, kwargs)`` value; GroupNorm is the default
+because DP-SGD cannot train BatchNorm (it mixes samples in a batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from monai.networks import nets
+from torch import nn
+
+from models.compat import disable_inplace, replace_batchnorm
+
+Norm = str | Sequence[Any]
+
+
+def _norm(norm: Any) -> Any:
+    """YAML lists -> MONAI's (name, kwargs) tuple."""
+    if not isinstance(norm, str) and len(norm) == 2:  # list, tuple or OmegaConf ListConfig
+        return (str(norm[0]), dict(norm[1]))
+    return str(norm)
+
+
+def cnn(
+    in_channels: int,
+    num_classes: int,
+    image_size: int,
+    channels: Sequence[int] = (16, 32, 64),
+    strides: Sequence[int] = (2, 2, 2),
+    norm: Norm = ("group", {"num_groups": 8}),
+    act: str = "relu",
+    dropout: float = 0.0,
+) -> nn.Module:
+    """MONAI ``Classifier``: strided residual conv units then a linear head.
+
+    Args:
+        in_channels: image channels (1 greyscale, 3 RGB).
+        num_classes: output logits.
+        image_size: side of the square input.
+        channels: output channels of each stage; default (16, 32, 64), ~100k parameters at 28x28.
+        strides: stride of each stage; default 2 each.
+        norm: MONAI norm spec; default GroupNorm with 8 groups.
+        act: activation; ReLU by default (PReLU's per-sample gradients are slower under DP).
+        dropout: dropout probability; default 0.
+    """
+    return nets.Classifier(
+        in_shape=(in_channels, image_size, image_size),
+        classes=num_classes,
+        channels=tuple(channels),
+        strides=tuple(strides),
+        norm=_norm(norm),
+        act=act,
+        dropout=dropout or None,
+    )
+
+
+def resnet18(
+    in_channels: int, num_classes: int, image_size: int, norm: Norm = ("group", {"num_groups": 32})
+) -> nn.Module:
+    """MONAI ResNet-18 (11.2M parameters); small inputs (< 64 px) get a 3x3 stem without max-pooling.
+
+    Args:
+        in_channels: image channels.
+        num_classes: output logits.
+        image_size: side of the square input; decides the stem.
+        norm: MONAI norm spec; default GroupNorm with 32 groups.
+    """
+    small = image_size < 64
+    net = nets.resnet18(
+        spatial_dims=2,
+        n_input_channels=in_channels,
+        num_classes=num_classes,
+        conv1_t_size=3 if small else 7,
+        conv1_t_stride=1 if small else 2,
+        no_max_pool=small,
+        norm=_norm(norm),
+    )
+    return disable_inplace(replace_batchnorm(net, _norm(norm)))
+
+
+def densenet121(
+    in_channels: int, num_classes: int, image_size: int, norm: Norm = ("group", {"num_groups": 8})
+) -> nn.Module:
+    """MONAI DenseNet-121 (7M parameters).
+
+    Args:
+        in_channels: image channels.
+        num_classes: output logits.
+        image_size: side of the square input; inputs below 64 px are upsampled to 64 first, since the
+            network halves the resolution five times.
+        norm: MONAI norm spec; default GroupNorm with 8 groups.
+    """
+    net = disable_inplace(
+        nets.DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=num_classes, norm=_norm(norm))
+    )
+    if image_size < 64:
+        return nn.Sequential(nn.Upsample(size=(64, 64), mode="bilinear", align_corners=False), net)
+    return net

@@ -1,0 +1,1 @@
+"""fedmed: privacy-preserving federated learning for medical imaging (Flower, MONAI, Opacus, TenSEAL)."""

@@ -1,0 +1,184 @@
+"""One hospital's view: its data share, the shared model, and one round of local training.
+
+Used by the Flower ClientApp and by the centralized/local baselines alike, so that every mode
+trains and evaluates with the same code.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader
+
+from models.compat import dp_ready
+from pipeline.data import ImageDataset, Splits, load_splits
+from pipeline.partition import partition_indices, train_val_split
+from pipeline.privacy import DPPlan, PrivacyLedger, make_private, plan_dp
+from pipeline.training import train_epochs
+
+
+@dataclass
+class HospitalData:
+    """A hospital's local training and validation sets and the data shape."""
+
+    train: ImageDataset
+    val: ImageDataset
+    channels: int
+    num_classes: int
+    image_size: int
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train)
+
+
+@functools.lru_cache(maxsize=4)
+def _splits(data_yaml: str, seed: int) -> Splits:
+    return load_splits(OmegaConf.create(data_yaml), seed)
+
+
+def splits(cfg: DictConfig) -> Splits:
+    """The run's data set (cached per process: hospitals in one worker load it once)."""
+    return _splits(OmegaConf.to_yaml(cfg.data), int(cfg.seed))
+
+
+@functools.lru_cache(maxsize=4)
+def _shares(cfg_yaml: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    cfg = OmegaConf.create(cfg_yaml)
+    s = splits(cfg)
+    parts = partition_indices(s.train_y, cfg.partition, int(cfg.seed))
+    return [
+        train_val_split(idx, s.train_y, float(cfg.federation.val_fraction), int(cfg.seed) + i)
+        for i, idx in enumerate(parts)
+    ]
+
+
+def hospital_shares(cfg: DictConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train indices, validation indices) of every hospital, seeded."""
+    keys = ("data", "partition", "federation", "seed")
+    return _shares(OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, list(keys))))
+
+
+def _dataset(cfg: DictConfig, s: Splits, idx: np.ndarray, augment: bool) -> ImageDataset:
+    return ImageDataset(s.train_x[idx], s.train_y[idx], float(cfg.data.mean), float(cfg.data.std), augment)
+
+
+def hospital_data(cfg: DictConfig, hospital: int) -> HospitalData:
+    """Hospital ``hospital``'s share of the training split (0-based)."""
+    n = int(cfg.federation.num_hospitals)
+    if not 0 <= hospital < n:
+        raise ValueError(f"hospital id {hospital} is outside 0..{n - 1}")
+    s = splits(cfg)
+    train_idx, val_idx = hospital_shares(cfg)[hospital]
+    return HospitalData(
+        _dataset(cfg, s, train_idx, bool(cfg.data.augment)),
+        _dataset(cfg, s, val_idx, False),
+        s.channels,
+        s.num_classes,
+        s.image_size,
+    )
+
+
+def pooled_data(cfg: DictConfig) -> HospitalData:
+    """All hospitals' training and validation shares together (the centralized baseline)."""
+    s = splits(cfg)
+    shares = hospital_shares(cfg)
+    train_idx = np.concatenate([t for t, _ in shares])
+    val_idx = np.concatenate([v for _, v in shares])
+    return HospitalData(
+        _dataset(cfg, s, train_idx, bool(cfg.data.augment)),
+        _dataset(cfg, s, val_idx, False),
+        s.channels,
+        s.num_classes,
+        s.image_size,
+    )
+
+
+def test_dataset(cfg: DictConfig) -> ImageDataset:
+    """The held-out test split (never used for training or model selection)."""
+    s = splits(cfg)
+    return ImageDataset(s.test_x, s.test_y, float(cfg.data.mean), float(cfg.data.std))
+
+
+def build_model(cfg: DictConfig, channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """The configured network with the run's public initial weights (seeded: identical everywhere)."""
+    torch.manual_seed(int(cfg.seed))
+    model = instantiate(cfg.model)(in_channels=channels, num_classes=num_classes, image_size=image_size)
+    if cfg.privacy.enabled:
+        model = dp_ready(model, str(cfg.privacy.batchnorm))
+    return model
+
+
+def get_flat(model: nn.Module) -> np.ndarray:
+    """All floating-point state (parameters and buffers) as one float32 vector."""
+    return torch.cat([t.detach().reshape(-1).float().cpu() for t in model.state_dict().values()]).numpy()
+
+
+def set_flat(model: nn.Module, flat: np.ndarray) -> None:
+    """Load a vector made by :func:`get_flat` back into ``model``."""
+    state, offset = model.state_dict(), 0
+    for key, tensor in state.items():
+        n = tensor.numel()
+        state[key] = torch.from_numpy(np.asarray(flat[offset : offset + n])).reshape(tensor.shape).to(tensor.dtype)
+        offset += n
+    if offset != len(flat):
+        raise ValueError(f"weight vector has {len(flat)} values, the model needs {offset}")
+    model.load_state_dict(state)
+
+
+def dp_plan(cfg: DictConfig, num_train: int, epochs_per_round: int, rounds: int) -> DPPlan | None:
+    """This hospital's DP plan (None when DP is off)."""
+    if not cfg.privacy.enabled:
+        return None
+    return plan_dp(cfg.privacy, num_train, int(cfg.train.batch_size), epochs_per_round, rounds)
+
+
+def proximal_loss(criterion: nn.Module, model: nn.Module, anchor: list[torch.Tensor], mu: float) -> nn.Module:
+    """FedProx: ``criterion`` plus (mu/2)||w - w_anchor||^2 (plain training only)."""
+
+    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
+        return criterion(out, y) + 0.5 * mu * prox
+
+    return loss
+
+
+def train_round(
+    cfg: DictConfig,
+    model: nn.Module,
+    data: HospitalData,
+    epochs: int,
+    device: torch.device,
+    plan: DPPlan | None,
+    ledger: PrivacyLedger | None,
+    seed: int,
+    proximal_mu: float = 0.0,
+) -> dict[str, float]:
+    """Train ``model`` in place for ``epochs`` (DP-SGD when ``plan`` is given); returns loss and timing."""
+    torch.manual_seed(seed)
+    torch.set_num_threads(int(cfg.train.threads))
+    model.to(device)
+    optimizer = instantiate(cfg.train.optimizer)(params=model.parameters())
+    start = time.perf_counter()
+    if plan is not None:
+        private = make_private(model, optimizer, data.train, int(cfg.train.batch_size), plan, ledger, cfg.privacy)
+        loss = train_epochs(private.model, private.loader, private.optimizer, private.criterion, epochs, device)
+        if hasattr(private.model, "remove_hooks"):
+            private.model.remove_hooks()  # leave a plain module behind for evaluation
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        loader = DataLoader(data.train, batch_size=int(cfg.train.batch_size), shuffle=True, generator=gen)
+        criterion: nn.Module = nn.CrossEntropyLoss()
+        if proximal_mu > 0:
+            anchor = [p.detach().clone() for p in model.parameters()]
+            criterion = proximal_loss(criterion, model, anchor, proximal_mu)
+        loss = train_epochs(model, loader, optimizer, criterion, epochs, device)
+    model.cpu()
+    return {"train_loss": loss, "train_seconds": time.perf_counter() - start}

@@ -1,0 +1,1 @@
+"""Server-side aggregation: FedAvg over plaintext or CKKS-encrypted updates."""
