@@ -66,7 +66,7 @@ def load(path: str | Path) -> Aggregate:
 
 def load_all(run_dir: str | Path) -> list[Aggregate]:
     """Every saved aggregate of a run, in round order; checks that no round is missing."""
-    aggs = [load(p) for p in sorted((Path(run_dir) / AGGREGATES_DIR).glob("round_*.agg"))]
+    aggs = sorted((load(p) for p in (Path(run_dir) / AGGREGATES_DIR).glob("round_*.agg")), key=lambda a: a.round)
     for expected, agg in enumerate(aggs, start=1):
         if agg.round != expected:
             raise ValueError(f"{run_dir}: aggregate of round {expected} is missing")

@@ -9,6 +9,7 @@ back, only metrics (no decryption reaches the party holding the ciphertext).
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from omegaconf import DictConfig
 
-from pipeline import crypto
+from pipeline import crypto, faults
 from pipeline import records as R
 from pipeline.codec import CkksCodec, PlainCodec, clipped_fraction
 from pipeline.hospital import (
@@ -31,7 +32,8 @@ from pipeline.hospital import (
     train_round,
 )
 from pipeline.privacy import PrivacyLedger
-from pipeline.settings import SECRET_CONTEXT_KEY, experiment, hospital_id, with_defaults
+from pipeline.results import write_atomic
+from pipeline.settings import SECRET_CONTEXT_KEY, STATE_DIR_KEY, experiment, hospital_id, with_defaults
 from pipeline.training import evaluate, resolve_device
 
 log = logging.getLogger(__name__)
@@ -62,8 +64,38 @@ class HospitalClient:
         self.id = hospital_id(context)
         self.data: HospitalData = hospital_data(self.cfg, self.id)
         self.device = resolve_device(str(self.cfg.device))
+        self._restore()
 
     # --- state ---------------------------------------------------------------------------
+    def _state_file(self) -> Path | None:
+        """Where this hospital persists its state between processes (node config ``state-dir``)."""
+        folder = str(self.context.node_config.get(STATE_DIR_KEY, ""))
+        return Path(folder) / f"hospital_{self.id}.npz" if folder else None
+
+    def _restore(self) -> None:
+        """After a restart (or a resumed run), reload the state this hospital saved last."""
+        path = self._state_file()
+        if STATE in self.context.state or path is None or not path.exists():
+            return
+        with np.load(path) as saved:
+            self.context.state[STATE] = ConfigRecord(
+                {R.MODEL_ROUND: int(saved["model_round"]), "ledger": str(saved["ledger"])}
+            )
+            if "global" in saved:
+                self.context.state[GLOBAL] = ArrayRecord(array_dict={"values": Array(saved["global"])})
+
+    def _persist(self) -> None:
+        path = self._state_file()
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {"model_round": np.int64(self.model_round), "ledger": np.array(str(self._state()["ledger"]))}
+        if GLOBAL in self.context.state:
+            arrays["global"] = self.context.state[GLOBAL]["values"].numpy()
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        write_atomic(path, buf.getvalue())
+
     def _state(self) -> ConfigRecord:
         if STATE not in self.context.state:
             self.context.state[STATE] = ConfigRecord({R.MODEL_ROUND: 0, "ledger": ""})
@@ -116,6 +148,7 @@ class HospitalClient:
         if not np.all(np.isfinite(updated)):
             raise ValueError(f"the aggregate of round {agg_round} decodes to non-finite weights")
         self._store_global(updated, agg_round)
+        self._persist()
 
     # --- message handlers ----------------------------------------------------------------
     def query(self) -> RecordDict:
@@ -124,6 +157,7 @@ class HospitalClient:
             {
                 R.CONFIG: ConfigRecord(
                     {
+                        R.HOSPITAL: self.id,
                         R.NUM_TRAIN: d.num_train,
                         R.NUM_VAL: len(d.val),
                         R.CHANNELS: d.channels,
@@ -155,6 +189,9 @@ class HospitalClient:
             )
             reply.update({R.OUT_OF_BUDGET: True, R.EPSILON: eps})
             return RecordDict({R.CONFIG: ConfigRecord(reply)})
+        injected = faults.planned(self.id, rnd)
+        if "crash" in injected:
+            raise faults.InjectedFault(f"hospital {self.id} crashes in round {rnd} (fault injection)")
         start = self.global_weights()
         model = self.new_model()
         set_flat(model, start)
@@ -163,6 +200,8 @@ class HospitalClient:
             self.cfg, model, self.data, epochs, self.device, plan, ledger, seed, float(conf.get(R.PROXIMAL_MU, 0.0))
         )
         change = get_flat(model).astype(np.float64) - start
+        if "nan" in injected:
+            change[::7] = np.nan
         if not np.all(np.isfinite(change)):
             raise ValueError("local training produced non-finite weights; lower train.optimizer.lr")
         weight = self.data.num_train / float(conf[R.N_REF])
@@ -170,9 +209,16 @@ class HospitalClient:
         t0 = time.perf_counter()
         payload = self.codec().encode(update, np.random.default_rng(seed))
         encode_seconds = time.perf_counter() - t0
+        if "corrupt" in injected and payload.chunks:
+            first = bytearray(payload.chunks[0])
+            first[len(first) // 2] ^= 0xFF
+            payload.chunks[0] = bytes(first)
+        if "stale" in injected:
+            reply[R.ROUND] = rnd - 1
         eps = 0.0
         if ledger is not None:
             self._state()["ledger"] = ledger.to_json()
+            self._persist()
             eps = ledger.epsilon(plan.delta)
         reply.update({R.WEIGHT: weight, R.EPSILON: eps})
         content_out = RecordDict(

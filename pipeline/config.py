@@ -66,6 +66,8 @@ class FederationConfig:
     val_fraction: float = 0.1
     min_hospitals: int = 2
     round_timeout: float = 600.0
+    stop_after: int | None = None
+    hospital_dir: str = "hospitals"
     cpus_per_hospital: float = 1.0
     gpus_per_hospital: float = 0.0
 
@@ -91,7 +93,6 @@ class EncryptionConfig:
     fields_per_slot: int = 5
     field_bits: int = 9
     clip: float = 0.05
-    key_dir: str = "keys"
 
 
 def _typed(schema: type, node: Any, group: str) -> Any:
@@ -141,11 +142,20 @@ def validate(cfg: DictConfig) -> DictConfig:
         f"federation.min_hospitals={fed.min_hospitals} must be between 1 and "
         f"federation.num_hospitals={fed.num_hospitals}",
     )
+    _check(
+        fed.stop_after is None or 1 <= fed.stop_after <= fed.rounds,
+        f"federation.stop_after={fed.stop_after} must be between 1 and federation.rounds={fed.rounds} (or null)",
+    )
     _check(fed.round_timeout > 0, f"federation.round_timeout={fed.round_timeout} must be > 0 seconds")
     _check(fed.cpus_per_hospital > 0, f"federation.cpus_per_hospital={fed.cpus_per_hospital} must be > 0")
     _check(train.local_epochs >= 1, f"train.local_epochs={train.local_epochs} must be >= 1")
     _check(train.batch_size >= 1, f"train.batch_size={train.batch_size} must be >= 1")
     _check(train.threads >= 1, f"train.threads={train.threads} must be >= 1")
+    _check(
+        fed.mode != "federated" or train.threads <= math.ceil(fed.cpus_per_hospital),
+        f"train.threads={train.threads} exceeds federation.cpus_per_hospital={fed.cpus_per_hospital}: concurrent "
+        "hospitals would oversubscribe the cores; raise cpus_per_hospital too",
+    )
     _check(
         isinstance(train.optimizer, DictConfig) and "_target_" in train.optimizer,
         "train.optimizer needs a _target_ (e.g. torch.optim.Adam) and _partial_: true",
@@ -179,8 +189,11 @@ def _validate_privacy(p: DictConfig) -> None:
 
 
 def value_bits(enc: DictConfig | Any, num_hospitals: int) -> int:
-    """Bits each quantised value keeps: the field minus headroom for summing ``num_hospitals``."""
-    return int(enc.field_bits) - math.ceil(math.log2(max(num_hospitals, 1)))
+    """Bits each quantised value keeps: the field minus headroom for summing ``num_hospitals``.
+
+    At least one bit of headroom always: SEAL's encoder refuses a full top field at the scale limit.
+    """
+    return int(enc.field_bits) - max(1, math.ceil(math.log2(max(num_hospitals, 1))))
 
 
 def _validate_encryption(e: DictConfig, num_hospitals: int) -> None:

@@ -24,7 +24,7 @@ def partition_indices(labels: np.ndarray, partition: DictConfig, seed: int) -> l
         partitioner = instantiate(partition)
     except Exception as err:
         raise ConfigError(f"partition: cannot build {partition.get('_target_')}: {err}") from None
-    n = partitioner.num_partitions
+    n = int(partition.num_partitions)  # flwr-datasets' getter needs the data set first
     if n > len(labels):
         raise ConfigError(f"federation.num_hospitals={n} exceeds the {len(labels)} training images")
     partitioner.dataset = table

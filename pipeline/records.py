@@ -28,6 +28,7 @@ AGG_ROUND = "agg-round"  # the round whose aggregate the message carries
 TOTAL_WEIGHT = "total-weight"
 COUNT = "count"
 N_REF = "n-ref"
+HOSPITAL = "hospital"
 NUM_TRAIN = "num-train"
 NUM_VAL = "num-val"
 WEIGHT = "weight"

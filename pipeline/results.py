@@ -36,6 +36,7 @@ COLUMNS = [
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "curves.png"
+CHECKPOINT_FILE = "checkpoint.json"
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
@@ -66,6 +67,24 @@ class RunRecorder:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
 
+    def load_rows(self, upto: int) -> None:
+        """Take back the first ``upto`` rounds of an existing metrics.csv (resuming a run)."""
+        with open(self.dir / METRICS_FILE) as f:
+            rows = list(csv.DictReader(f))[:upto]
+        if len(rows) < upto:
+            raise ValueError(f"{self.dir / METRICS_FILE} has {len(rows)} rounds, the checkpoint says {upto}")
+        self.rows = [{k: _number(v) for k, v in r.items()} for r in rows]
+
+    def write_checkpoint(self, state: dict[str, Any]) -> None:
+        """Mark a round as complete: written last, after the round's aggregate and metrics row."""
+        write_atomic(self.dir / CHECKPOINT_FILE, json.dumps(state, indent=2) + "\n")
+
+    def read_checkpoint(self) -> dict[str, Any]:
+        path = self.dir / CHECKPOINT_FILE
+        if not path.exists():
+            raise ValueError(f"{self.dir} has no {CHECKPOINT_FILE}: no completed round to resume from")
+        return json.loads(path.read_text())
+
     def add_round(self, row: dict[str, Any]) -> None:
         """Record one round and rewrite metrics.csv."""
         self.rows.append({c: row.get(c, "") for c in COLUMNS})
@@ -86,6 +105,16 @@ class RunRecorder:
         if not self.rows:
             return None
         return plot_rounds(self.rows, self.dir / PLOT_FILE, title)
+
+
+def _number(text: str) -> Any:
+    if text == "":
+        return ""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return int(value) if value.is_integer() and "." not in text and "e" not in text else value
 
 
 def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:

@@ -8,6 +8,7 @@ the run folder: config.yaml, metrics.csv, summary.json, curves.png, model.pt.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -20,6 +21,37 @@ from pipeline.errors import ConfigError, DataError, RunFailed
 from pipeline.results import summary_table
 
 log = logging.getLogger("fedmed")
+OmegaConf.register_new_resolver("or", lambda first, second: first if first not in (None, "") else second, replace=True)
+
+
+def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The saved config of the run in ``cfg.resume``; refuse overrides that contradict it."""
+    folder = Path(str(cfg.resume)).expanduser().resolve()
+    saved_path = folder / "config.yaml"
+    if not saved_path.exists():
+        raise ConfigError(f"resume={cfg.resume}: no run there ({saved_path} is missing)")
+    if not (folder / "checkpoint.json").exists():
+        raise ConfigError(f"resume={cfg.resume}: the run completed no round, so there is nothing to resume; start anew")
+    saved = OmegaConf.load(saved_path)
+    if saved.federation.mode != "federated":
+        raise ConfigError(f"resume={cfg.resume}: only federated runs resume (this one is {saved.federation.mode})")
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key in ("resume", "run_dir") or key.startswith("hydra"):
+            continue
+        new, old = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
+        as_plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v  # noqa: E731
+        if as_plain(new) != as_plain(old):
+            raise ConfigError(
+                f"resume: {item} differs from the run's {key}={as_plain(old)}; a resumed run keeps its config"
+            )
+    saved.resume = str(folder)
+    saved.run_dir = str(folder)
+    return saved
+
+
+def _terminate(signum, frame) -> None:  # noqa: ARG001
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def preflight(cfg: DictConfig) -> None:
@@ -56,7 +88,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     """Validate, check, run; return the summary. Raises ConfigError / DataError / RunFailed."""
     cfg = validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    if not cfg.resume:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     preflight(cfg)
     if cfg.federation.mode == "federated":
         from pipeline.simulation import run_federated
@@ -76,8 +109,12 @@ def quiet_libraries() -> None:
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
     quiet_libraries()
+    signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends like Ctrl-C: checkpoints stay intact
     run_dir = Path(cfg.run_dir or HydraConfig.get().runtime.output_dir).resolve()
     try:
+        if cfg.resume:
+            cfg = resume_config(cfg, list(HydraConfig.get().overrides.task))
+        run_dir = Path(cfg.run_dir or HydraConfig.get().runtime.output_dir).resolve()
         summary = execute(cfg, run_dir)
     except (ConfigError, DataError) as err:
         log.error("error: %s", err)
@@ -85,8 +122,11 @@ def hydra_main(cfg: DictConfig) -> None:
     except RunFailed as err:
         log.error("run failed: %s", err)
         sys.exit(1)
+    except KeyboardInterrupt:
+        log.error("interrupted: completed rounds are saved; continue with: python -m pipeline.run resume=%s", run_dir)
+        sys.exit(130)
     print(summary_table(summary), flush=True)
-    if summary.get("status") != "completed":
+    if summary.get("status") == "stopped_early":
         log.warning("the run stopped early: %s", summary.get("stop_reason"))
 
 

@@ -116,7 +116,7 @@ class RoundLoop:
                 log.warning("node %d failed the size query: %s", node, reply.error.reason)
                 return
             c = reply.content[R.CONFIG]
-            self.sites[node] = Site(node, len(self.sites), int(c[R.NUM_TRAIN]), int(c[R.NUM_PARAMS]))
+            self.sites[node] = Site(node, int(c[R.HOSPITAL]), int(c[R.NUM_TRAIN]), int(c[R.NUM_PARAMS]))
             self.shape = (int(c[R.CHANNELS]), int(c[R.NUM_CLASSES]), int(c[R.IMAGE_SIZE]))
 
         nodes = self._wait_for_nodes()
@@ -276,6 +276,19 @@ class RoundLoop:
         self.final_test = m
         self.final_model = model
 
+    def _resume(self) -> tuple[int, Aggregate | None]:
+        """Continue after the last completed round of an existing run folder."""
+        done = int(self.recorder.read_checkpoint()["completed_round"])
+        aggs = aggregates.load_all(self.run_dir)[:done]
+        if len(aggs) < done:
+            raise RunFailed(f"{self.run_dir}: the checkpoint says round {done}, but only {len(aggs)} aggregates exist")
+        self.recorder.load_rows(done)
+        if self.server_context is None:  # plaintext: the server may rebuild the model it evaluates
+            for agg in aggs:
+                self._server_side_test(agg, {})
+        log.info("resuming %s after round %d", self.run_dir, done)
+        return done + 1, aggs[-1]
+
     def run(self) -> dict[str, Any]:
         """All rounds; returns (and writes) the summary."""
         started = time.perf_counter()
@@ -284,9 +297,9 @@ class RoundLoop:
         self.final_model = None
         self.query()
         rounds = int(self.cfg.federation.rounds)
-        previous: Aggregate | None = None
-        stop_reason = ""
-        for rnd in range(1, rounds + 1):
+        first, previous = self._resume() if self.cfg.resume else (1, None)
+        stop_reason, status = "", "completed"
+        for rnd in range(first, rounds + 1):
             t0 = time.perf_counter()
             result = self.train_round(rnd, previous)
             usable = result.row["hospitals"]
@@ -307,24 +320,31 @@ class RoundLoop:
                 self._server_side_test(agg, result.row)
             result.row["seconds"] = time.perf_counter() - t0
             self.recorder.add_round(result.row)
+            self.recorder.write_checkpoint({"completed_round": rnd, "rounds": rounds, "num_params": self.num_params})
             previous = agg
             log.info(_progress(result.row, rounds))
-        summary = self._summary(previous, stop_reason, time.perf_counter() - started)
+            if self.cfg.federation.stop_after == rnd and rnd < rounds:
+                status = "paused"
+                log.warning("paused after round %d; continue with: python -m pipeline.run resume=%s", rnd, self.run_dir)
+                break
+        if stop_reason:
+            status = "stopped_early"
+        summary = self._summary(previous, status, stop_reason, time.perf_counter() - started)
         self.recorder.write_summary(summary)
         self.recorder.plot(f"{self.cfg.model._target_.split('.')[-1]}, {len(self.sites)} hospitals")
-        if self.final_model is not None:
+        if self.final_model is not None and status != "paused":
             import torch
 
             torch.save(self.final_model.state_dict(), self.run_dir / "model.pt")
         return summary
 
-    def _summary(self, last: Aggregate | None, stop_reason: str, seconds: float) -> dict[str, Any]:
+    def _summary(self, last: Aggregate | None, status: str, stop_reason: str, seconds: float) -> dict[str, Any]:
         rows = self.recorder.rows
         up = [r["bytes_up"] for r in rows]
         down = [r["bytes_down"] for r in rows]
         privacy = self.cfg.privacy
         return {
-            "status": "completed" if not stop_reason else "stopped_early",
+            "status": status,
             "stop_reason": stop_reason,
             "mode": "federated",
             "encrypted": self.server_context is not None,
@@ -333,7 +353,8 @@ class RoundLoop:
             "rounds_planned": int(self.cfg.federation.rounds),
             "rounds_completed": len(rows),
             "num_params": self.num_params,
-            "test": self.final_test,  # plaintext: server-side; encrypted: filled by the consortium
+            # plaintext: server-side; encrypted: filled by the consortium; paused: not yet
+            "test": self.final_test if status != "paused" else None,
             "final_validation": {k: rows[-1][k] for k in ("val_loss", "val_auc", "val_accuracy", "val_mcc")}
             if rows
             else None,

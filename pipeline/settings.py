@@ -21,6 +21,7 @@ RUN_DIR_KEY = "run-dir"
 # Node config keys (flower-supernode --node-config).
 PARTITION_KEY = "partition-id"
 SECRET_CONTEXT_KEY = "secret-context"
+STATE_DIR_KEY = "state-dir"
 DATA_ROOT_KEY = "data-root"
 
 

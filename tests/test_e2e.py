@@ -39,8 +39,8 @@ def read_rows(run_dir: Path) -> list[dict]:
 def private_run(tmp_path_factory) -> Path:
     """The product's default pipeline (DP-SGD + CKKS), shrunk: 3 hospitals, 2 rounds."""
     run_dir = tmp_path_factory.mktemp("dp_ckks")
-    key_dir = tmp_path_factory.mktemp("keys")
-    run_pipeline(run_dir, *SMALL, f"encryption.key_dir={key_dir}")
+    private = tmp_path_factory.mktemp("hospitals")
+    run_pipeline(run_dir, *SMALL, f"federation.hospital_dir={private}")
     return run_dir
 
 
@@ -88,16 +88,16 @@ def test_private_run_saves_a_loadable_model_and_no_keys(private_run, tmp_path):
     cfg = OmegaConf.load(private_run / "config.yaml")
     model = build_model(cfg, 1, 2, 28)
     model.load_state_dict(torch.load(private_run / "model.pt"))
-    key_dir = Path(cfg.encryption.key_dir)
+    private = Path(cfg.federation.hospital_dir)
 
-    assert not any(key_dir.rglob("*.ctx")), "the run's key files must be deleted after the run"
+    assert private.exists() and not any(private.rglob("*")), "the hospitals' key and state files go after the run"
     assert not list(private_run.rglob("*.ctx"))
     assert b"secret" not in (private_run / "summary.json").read_bytes()
 
 
 def test_encrypted_and_plaintext_twins_agree(tmp_path):
     """Same seed, no DP noise: the CKKS run's model matches the plaintext run's within quantisation."""
-    common = [*SMALL, "privacy=none", f"encryption.key_dir={tmp_path / 'keys'}"]
+    common = [*SMALL, "privacy=none", f"federation.hospital_dir={tmp_path / 'hospitals'}"]
     enc_dir, plain_dir = tmp_path / "ckks", tmp_path / "plain"
     run_pipeline(enc_dir, *common, "encryption=ckks")
     run_pipeline(plain_dir, *common, "encryption=none")
