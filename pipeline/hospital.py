@@ -164,7 +164,7 @@ def train_round(
     """Train ``model`` in place for ``epochs`` (DP-SGD when ``plan`` is given); returns loss and timing."""
     torch.manual_seed(seed)
     torch.set_num_threads(int(cfg.train.threads))
-    model.to(device)
+    model.to(device).train()  # Opacus wraps training-mode models only (baselines evaluate in between)
     optimizer = instantiate(cfg.train.optimizer)(params=model.parameters())
     start = time.perf_counter()
     if plan is not None:
