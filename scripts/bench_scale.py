@@ -1,0 +1,119 @@
+"""Scale and the privacy tax: round time and peak memory for many simulated hospitals.
+
+    python scripts/bench_scale.py --data-root ../shared/data [--hospitals 3 10 30 100] [--rounds 2]
+
+Each row is one real run of ``python -m pipeline.run`` (DP-SGD + CKKS, default CNN unless
+``--model``): mean seconds per round (metrics.csv) and the peak resident memory of the whole
+simulation (the run's process tree, sampled from /proc every 0.2 s). ``--tax`` adds the privacy
+tax: the default 3-hospital private run next to its plaintext, non-DP twin (same data, model,
+rounds, seed), wall time of each and their ratio. Prints Markdown for docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            rss[int(entry)] = int(fields[21]) * PAGE
+        except (OSError, IndexError, ValueError):
+            continue
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        total += rss.get(p, 0)
+        stack.extend(children.get(p, []))
+    return total
+
+
+def measured_run(overrides: list[str]) -> dict:
+    """Run the pipeline once; return wall seconds, mean round seconds and peak tree RSS."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        cmd = [
+            sys.executable,
+            "-m",
+            "pipeline.run",
+            f"run_dir={run_dir}",
+            f"federation.hospital_dir={tmp}/h",
+            *overrides,
+        ]
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        peak = [0]
+
+        def sample() -> None:
+            while proc.poll() is None:
+                peak[0] = max(peak[0], tree_rss(proc.pid))
+                time.sleep(0.2)
+
+        watcher = threading.Thread(target=sample, daemon=True)
+        watcher.start()
+        _, err = proc.communicate()
+        wall = time.perf_counter() - start
+        watcher.join()
+        if proc.returncode != 0:
+            raise SystemExit(f"run failed ({' '.join(overrides)}): {err.strip().splitlines()[-1:]}")
+        with open(run_dir / "metrics.csv") as f:
+            rounds = list(csv.DictReader(f))
+        summary = json.loads((run_dir / "summary.json").read_text())
+    return {
+        "wall": wall,
+        "round_s": sum(float(r["seconds"]) for r in rounds) / len(rounds),
+        "peak_gib": peak[0] / 2**30,
+        "auc": (summary.get("test") or {}).get("auc"),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", default="../shared/data")
+    p.add_argument("--hospitals", nargs="+", type=int, default=[3, 10, 30, 100])
+    p.add_argument("--model", default="cnn")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--tax", action="store_true", help="also measure the privacy tax (3 hospitals, default rounds)")
+    a = p.parse_args()
+    base = [f"data.root={a.data_root}", f"model={a.model}"]
+    print("| model | hospitals | s/round | s/round/hospital | peak RSS (GiB) |\n|---|---|---|---|---|")
+    for k in a.hospitals:
+        extra = [f"federation.num_hospitals={k}", f"federation.rounds={a.rounds}", "train.local_epochs=1"]
+        if k > 10:  # keep 4+ bits per value: fewer, wider fields per slot (see conf/encryption/ckks.yaml)
+            extra += ["encryption.fields_per_slot=4", "encryption.field_bits=11", "encryption.global_scale_bits=15"]
+        r = measured_run(base + extra)
+        print(f"| {a.model} | {k} | {r['round_s']:.1f} | {r['round_s'] / k:.2f} | {r['peak_gib']:.2f} |", flush=True)
+    if a.tax:
+        private = measured_run(base)
+        plain = measured_run(base + ["privacy=none", "encryption=none"])
+        print("\n| run (3 hospitals, default rounds) | wall s | s/round | test AUC |\n|---|---|---|---|")
+        for name, r in (("DP + CKKS (default)", private), ("plaintext, no DP (twin)", plain)):
+            print(f"| {name} | {r['wall']:.1f} | {r['round_s']:.1f} | {r['auc']:.4f} |")
+        print(
+            f"\nprivacy tax (wall time ratio): {private['wall'] / plain['wall']:.2f}x; "
+            f"per round: {private['round_s'] / plain['round_s']:.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
