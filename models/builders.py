@@ -13,7 +13,7 @@ from typing import Any
 from monai.networks import nets
 from torch import nn
 
-from models.compat import disable_inplace, replace_batchnorm
+from models.compat import disable_inplace, out_of_place_residuals, replace_batchnorm
 
 Norm = str | Sequence[Any]
 
@@ -79,7 +79,7 @@ def resnet18(
         no_max_pool=small,
         norm=_norm(norm),
     )
-    return disable_inplace(replace_batchnorm(net, _norm(norm)))
+    return out_of_place_residuals(disable_inplace(replace_batchnorm(net, _norm(norm))))
 
 
 def densenet121(

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from monai.networks.layers.utils import get_norm_layer
+from monai.networks.nets.resnet import ResNetBlock
 from opacus.validators import ModuleValidator
 from torch import nn
 
@@ -37,6 +39,27 @@ def disable_inplace(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if hasattr(module, "inplace") and isinstance(module.inplace, bool):
             module.inplace = False
+    return model
+
+
+class OutOfPlaceResNetBlock(ResNetBlock):
+    """MONAI's basic ResNet block with ``out = out + residual`` instead of ``out += residual``.
+
+    Opacus's backward hooks return views that autograd forbids modifying in place.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        residual = x if self.downsample is None else self.downsample(x)
+        return self.act(out + residual)
+
+
+def out_of_place_residuals(model: nn.Module) -> nn.Module:
+    """Switch every MONAI ``ResNetBlock`` to :class:`OutOfPlaceResNetBlock` (same weights)."""
+    for module in model.modules():
+        if type(module) is ResNetBlock:
+            module.__class__ = OutOfPlaceResNetBlock
     return model
 
 

@@ -160,3 +160,31 @@ def test_noise_changes_the_update():
         dp.optimizer.step()
         results.append(np.concatenate([(model.state_dict()[k] - before[k]).flatten().numpy() for k in before]))
     assert np.linalg.norm(results[1] - results[0]) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18", "densenet121"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_every_shipped_model_takes_a_dp_step(name, mode):
+    from models import builders
+
+    s = make_synthetic(8, 2, 28, 1, seed=0)
+    data = ImageDataset(s.train_x, s.train_y, 0.5, 0.5)
+    model = getattr(builders, name)(1, 2, 28)
+    before = [p.detach().clone() for p in model.parameters()]
+    plan = DPPlan(1.0, 0.5, 1, 1, 8.0, 1e-5, 1.0, "rdp")
+    dp = make_private(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        data,
+        4,
+        plan,
+        PrivacyLedger("rdp"),
+        privacy_cfg(grad_sample_mode=mode),
+    )
+
+    dp.optimizer.zero_grad()
+    dp.criterion(dp.model(data.x[:4]), data.y[:4]).backward()
+    dp.optimizer.step()
+
+    changed = [not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)]
+    assert all(changed), f"{sum(not c for c in changed)} parameter tensors of {name} got no DP update"
