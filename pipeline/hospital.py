@@ -66,8 +66,16 @@ def hospital_shares(cfg: DictConfig) -> list[tuple[np.ndarray, np.ndarray]]:
     return _shares(OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, list(keys))))
 
 
-def _dataset(cfg: DictConfig, s: Splits, idx: np.ndarray, augment: bool) -> ImageDataset:
-    return ImageDataset(s.train_x[idx], s.train_y[idx], float(cfg.data.mean), float(cfg.data.std), augment)
+def _site(cfg: DictConfig, s: Splits, train_idx: np.ndarray, val_idx: np.ndarray) -> HospitalData:
+    """Training (augmented if configured) and validation sets from indices into the train split."""
+    mean, std = float(cfg.data.mean), float(cfg.data.std)
+    return HospitalData(
+        ImageDataset(s.train_x[train_idx], s.train_y[train_idx], mean, std, bool(cfg.data.augment)),
+        ImageDataset(s.train_x[val_idx], s.train_y[val_idx], mean, std),
+        s.channels,
+        s.num_classes,
+        s.image_size,
+    )
 
 
 def hospital_data(cfg: DictConfig, hospital: int) -> HospitalData:
@@ -75,30 +83,16 @@ def hospital_data(cfg: DictConfig, hospital: int) -> HospitalData:
     n = int(cfg.federation.num_hospitals)
     if not 0 <= hospital < n:
         raise ValueError(f"hospital id {hospital} is outside 0..{n - 1}")
-    s = splits(cfg)
     train_idx, val_idx = hospital_shares(cfg)[hospital]
-    return HospitalData(
-        _dataset(cfg, s, train_idx, bool(cfg.data.augment)),
-        _dataset(cfg, s, val_idx, False),
-        s.channels,
-        s.num_classes,
-        s.image_size,
-    )
+    return _site(cfg, splits(cfg), train_idx, val_idx)
 
 
 def pooled_data(cfg: DictConfig) -> HospitalData:
     """All hospitals' training and validation shares together (the centralized baseline)."""
-    s = splits(cfg)
     shares = hospital_shares(cfg)
     train_idx = np.concatenate([t for t, _ in shares])
     val_idx = np.concatenate([v for _, v in shares])
-    return HospitalData(
-        _dataset(cfg, s, train_idx, bool(cfg.data.augment)),
-        _dataset(cfg, s, val_idx, False),
-        s.channels,
-        s.num_classes,
-        s.image_size,
-    )
+    return _site(cfg, splits(cfg), train_idx, val_idx)
 
 
 def test_dataset(cfg: DictConfig) -> ImageDataset:

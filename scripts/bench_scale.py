@@ -82,6 +82,8 @@ def measured_run(overrides: list[str]) -> dict:
     return {
         "wall": wall,
         "round_s": sum(float(r["seconds"]) for r in rounds) / len(rounds),
+        "contributed": min(int(r["hospitals"]) for r in rounds),
+        "dropped": sum(int(r["dropped"]) for r in rounds),
         "peak_gib": peak[0] / 2**30,
         "auc": (summary.get("test") or {}).get("auc"),
     }
@@ -96,13 +98,21 @@ def main() -> None:
     p.add_argument("--tax", action="store_true", help="also measure the privacy tax (3 hospitals, default rounds)")
     a = p.parse_args()
     base = [f"data.root={a.data_root}", f"model={a.model}"]
-    print("| model | hospitals | s/round | s/round/hospital | peak RSS (GiB) |\n|---|---|---|---|---|")
+    print(
+        "| model | hospitals | contributed (min over rounds) | dropped | s/round | s/round/hospital | peak RSS (GiB) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for k in a.hospitals:
-        extra = [f"federation.num_hospitals={k}", f"federation.rounds={a.rounds}", "train.local_epochs=1"]
+        extra = [f"federation.num_hospitals={k}", f"federation.min_hospitals={k}", f"federation.rounds={a.rounds}"]
+        extra.append("train.local_epochs=1")
         if k > 10:  # keep 4+ bits per value: fewer, wider fields per slot (see conf/encryption/ckks.yaml)
             extra += ["encryption.fields_per_slot=4", "encryption.field_bits=11", "encryption.global_scale_bits=15"]
         r = measured_run(base + extra)
-        print(f"| {a.model} | {k} | {r['round_s']:.1f} | {r['round_s'] / k:.2f} | {r['peak_gib']:.2f} |", flush=True)
+        print(
+            f"| {a.model} | {k} | {r['contributed']} | {r['dropped']} | {r['round_s']:.1f} | {r['round_s'] / k:.2f} "
+            f"| {r['peak_gib']:.2f} |",
+            flush=True,
+        )
     if a.tax:
         private = measured_run(base)
         plain = measured_run(base + ["privacy=none", "encryption=none"])
