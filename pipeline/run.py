@@ -7,6 +7,7 @@ the run folder: config.yaml, metrics.csv, summary.json, curves.png, model.pt.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -94,10 +95,22 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.federation.mode == "federated":
         from pipeline.simulation import run_federated
 
-        return run_federated(cfg, run_dir)
-    from pipeline.baselines import run_baseline
+        summary = run_federated(cfg, run_dir)
+    else:
+        from pipeline.baselines import run_baseline
 
-    return run_baseline(cfg, run_dir)
+        summary = run_baseline(cfg, run_dir)
+    return record_provenance(cfg, run_dir, summary)
+
+
+def record_provenance(cfg: DictConfig, run_dir: Path, summary: dict) -> dict:
+    """Add versions, git commit, machine and data fingerprint to summary.json (honest comparisons)."""
+    from pipeline import provenance
+    from pipeline.results import SUMMARY_FILE, write_atomic
+
+    summary["provenance"] = provenance.collect(cfg)
+    write_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    return summary
 
 
 def quiet_libraries() -> None:
