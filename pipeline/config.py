@@ -95,6 +95,13 @@ class EncryptionConfig:
     clip: float = 0.05
 
 
+@dataclass
+class LoggerConfig:
+    backend: str = "none"
+    tracking_uri: str | None = None
+    experiment_name: str = "fedmed"
+
+
 def _typed(schema: type, node: Any, group: str) -> Any:
     """Merge ``node`` onto ``schema``'s defaults, so that types are checked and gaps filled."""
     try:
@@ -119,6 +126,7 @@ def complete(cfg: DictConfig) -> DictConfig:
         ("federation", FederationConfig),
         ("privacy", PrivacyConfig),
         ("encryption", EncryptionConfig),
+        ("logger", LoggerConfig),
     ):
         cfg[key] = _typed(schema, cfg.get(key, {}), key)
     return cfg
@@ -165,6 +173,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(
         str(cfg.device) == "auto" or str(cfg.device).split(":")[0] in ("cpu", "cuda", "mps"),
         f"device={cfg.device!r} is unknown; use auto, cpu, cuda or cuda:N",
+    )
+    _check(
+        cfg.logger.backend in ("none", "mlflow"),
+        f"logger.backend={cfg.logger.backend!r} is unknown; use logger=none or logger=mlflow",
     )
     _validate_privacy(cfg.privacy)
     _validate_encryption(cfg.encryption, fed.num_hospitals)

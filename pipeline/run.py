@@ -110,6 +110,9 @@ def record_provenance(cfg: DictConfig, run_dir: Path, summary: dict) -> dict:
 
     summary["provenance"] = provenance.collect(cfg)
     write_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    from pipeline.tracking import log_run
+
+    log_run(cfg, run_dir, summary)
     return summary
 
 
