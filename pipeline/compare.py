@@ -57,7 +57,12 @@ METRIC_COLUMNS = [
     "bytes_up_per_round",
     "bytes_down_per_round",
     "encryption_overhead_pct",
+    "attack_ssim_plaintext",
+    "attack_ssim_dp",
+    "mia_auc",
 ]
+ATTACK_REPORT = Path("attack") / "report.json"  # written by scripts/attack.py
+ATTACK_COLUMNS = ("attack_ssim_plaintext", "attack_ssim_dp", "mia_auc")
 SEED_METRICS = ("test_auc", "test_accuracy", "test_mcc")
 REPORT_FILES = ("comparison.md", "comparison.csv", "val_auc.png", "privacy_utility.png", "cost.png")
 MISSING = "-"
@@ -404,6 +409,7 @@ def run_metrics(run: Run) -> dict[str, float | int | None]:
     if per_round and seconds:
         overhead = 100.0 * (sum(per_round) / len(per_round)) / seconds
     rounds = run.summary.get("rounds_completed")
+    attack = attack_metrics(run.path)
     return {
         "test_auc": test.get("auc"),
         "test_accuracy": test.get("accuracy"),
@@ -414,6 +420,21 @@ def run_metrics(run: Run) -> dict[str, float | int | None]:
         "bytes_up_per_round": _mean(r.get("bytes_up") for r in rows),
         "bytes_down_per_round": _mean(r.get("bytes_down") for r in rows),
         "encryption_overhead_pct": overhead,
+        **attack,
+    }
+
+
+def attack_metrics(folder: Path) -> dict[str, float | None]:
+    """SSIM of the inversion attack (plaintext, DP) and membership-inference AUC, when attacked."""
+    try:
+        report = json.loads((folder / ATTACK_REPORT).read_text())
+    except (OSError, ValueError):
+        report = {}
+    inversion, membership = report.get("inversion") or {}, report.get("membership") or {}
+    return {
+        "attack_ssim_plaintext": (inversion.get("plaintext") or {}).get("ssim"),
+        "attack_ssim_dp": (inversion.get("dp") or {}).get("ssim"),
+        "mia_auc": membership.get("auc"),
     }
 
 
@@ -583,7 +604,7 @@ def _human_bytes(n: float) -> str:
 def _format_metric(column: str, value: Any) -> str:
     if value is None or value is _ABSENT:
         return MISSING
-    if column in ("test_auc", "test_accuracy", "test_mcc") or column.endswith(("_mean", "_std")):
+    if column in ("test_auc", "test_accuracy", "test_mcc", *ATTACK_COLUMNS) or column.endswith(("_mean", "_std")):
         return f"{value:.4f}"
     if column == "epsilon":
         return f"{value:.3f}"
