@@ -62,7 +62,15 @@ def test_query_reports_sizes_only(tmp_path):
 
     assert reply[R.NUM_TRAIN] == client.data.num_train > 0
     assert reply[R.NUM_PARAMS] == 97458
-    assert set(reply.keys()) == {R.HOSPITAL, R.NUM_TRAIN, R.NUM_VAL, R.CHANNELS, R.NUM_CLASSES, R.IMAGE_SIZE, R.NUM_PARAMS}
+    assert set(reply.keys()) == {
+        R.HOSPITAL,
+        R.NUM_TRAIN,
+        R.NUM_VAL,
+        R.CHANNELS,
+        R.NUM_CLASSES,
+        R.IMAGE_SIZE,
+        R.NUM_PARAMS,
+    }
 
 
 def test_encrypted_train_reply_carries_ciphertexts_and_epsilon(tmp_path):
