@@ -10,6 +10,7 @@ round that would overspend.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -61,13 +62,8 @@ def plan_dp(privacy: DictConfig, train_size: int, batch_size: int, local_epochs:
     sample_rate = 1.0 / steps_per_epoch
     steps_per_round = steps_per_epoch * local_epochs
     try:
-        noise = get_noise_multiplier(
-            target_epsilon=privacy.epsilon,
-            target_delta=privacy.delta,
-            sample_rate=sample_rate,
-            steps=steps_per_round * rounds,
-            accountant=privacy.accountant,
-            epsilon_tolerance=0.01,
+        noise = _noise_multiplier(
+            float(privacy.epsilon), float(privacy.delta), sample_rate, steps_per_round * rounds, str(privacy.accountant)
         )
     except ValueError as err:
         raise ConfigError(
@@ -83,6 +79,19 @@ def plan_dp(privacy: DictConfig, train_size: int, batch_size: int, local_epochs:
         delta=float(privacy.delta),
         max_grad_norm=float(privacy.max_grad_norm),
         accountant=str(privacy.accountant),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
+    """Opacus's noise search, cached per process: it takes seconds and every round of a hospital asks again."""
+    return get_noise_multiplier(
+        target_epsilon=epsilon,
+        target_delta=delta,
+        sample_rate=sample_rate,
+        steps=steps,
+        accountant=accountant,
+        epsilon_tolerance=0.01,
     )
 
 
