@@ -28,12 +28,13 @@ from pipeline.hospital import (
     dp_plan,
     get_flat,
     hospital_data,
+    own_hospital_data,
     set_flat,
     train_round,
 )
 from pipeline.privacy import PrivacyLedger
 from pipeline.results import write_atomic
-from pipeline.settings import SECRET_CONTEXT_KEY, STATE_DIR_KEY, experiment, hospital_id, with_defaults
+from pipeline.settings import SECRET_CONTEXT_KEY, STATE_DIR_KEY, experiment, hospital_id, own_data_root, with_defaults
 from pipeline.training import evaluate, resolve_device
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ class HospitalClient:
         self.context = context
         self.cfg: DictConfig = experiment(context)
         self.id = hospital_id(context)
-        self.data: HospitalData = hospital_data(self.cfg, self.id)
+        root = own_data_root(context)
+        self.data: HospitalData = own_hospital_data(self.cfg, root) if root else hospital_data(self.cfg, self.id)
         self.device = resolve_device(str(self.cfg.device))
         self._restore()
 

@@ -43,7 +43,7 @@ SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.csv"
 # Config keys that never count as a difference between runs (paths, resume points, Hydra's own).
 IGNORED_KEYS = ("run_dir", "resume", "encryption.key_dir", "data.root", "federation.hospital_dir")
-IGNORED_PREFIXES = ("hydra.",)
+IGNORED_PREFIXES = ("hydra.", "deployment.")
 # Groups switched off by ``<group>.enabled: false``: their other keys hold schema defaults that
 # the run does not use (a run without DP still has privacy.epsilon: 8.0), shown as ``-``.
 SWITCHED_GROUPS = ("privacy", "encryption")
@@ -222,7 +222,19 @@ def load_run(folder: Path) -> Run:
         raise IncompleteRun(f"{summary_path}: cannot read it ({str(err).splitlines()[0]})") from None
     if not isinstance(summary, dict):
         raise IncompleteRun(f"{summary_path}: not a run summary (expected a JSON object)")
-    return Run(folder, mask_inactive(flatten(config)), summary, read_metrics(folder / METRICS_FILE))
+    flat = mask_inactive(flatten(config))
+    flat["engine"] = engine(config)
+    return Run(folder, flat, summary, read_metrics(folder / METRICS_FILE))
+
+
+def engine(config: dict[str, Any]) -> str:
+    """How a run was executed: Flower's simulation engine or a (local) Deployment Engine, TLS or not."""
+    if (config.get("federation") or {}).get("mode", "federated") != "federated":
+        return "none (baseline)"
+    dep = config.get("deployment")
+    if not dep:
+        return "simulation"
+    return "deployment (insecure)" if dep.get("insecure") else "deployment (TLS)"
 
 
 _JOB_DIR = re.compile(r"^(\d+)_(.*)$")

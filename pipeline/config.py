@@ -102,6 +102,20 @@ class LoggerConfig:
     experiment_name: str = "fedmed"
 
 
+@dataclass
+class DeploymentConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    insecure: bool = False
+    workspace: str | None = None
+    keep_workspace: bool = False
+    startup_timeout: float = 60.0
+    run_timeout: float = 7200.0
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def _typed(schema: type, node: Any, group: str) -> Any:
     """Merge ``node`` onto ``schema``'s defaults, so that types are checked and gaps filled."""
     try:
@@ -129,6 +143,8 @@ def complete(cfg: DictConfig) -> DictConfig:
         ("logger", LoggerConfig),
     ):
         cfg[key] = _typed(schema, cfg.get(key, {}), key)
+    if cfg.get("deployment") is not None:
+        cfg.deployment = _typed(DeploymentConfig, cfg.deployment, "deployment")
     return cfg
 
 
@@ -180,7 +196,27 @@ def validate(cfg: DictConfig) -> DictConfig:
     )
     _validate_privacy(cfg.privacy)
     _validate_encryption(cfg.encryption, fed.num_hospitals)
+    if cfg.get("deployment") is not None:
+        _validate_deployment(cfg)
     return cfg
+
+
+def _validate_deployment(cfg: DictConfig) -> None:
+    dep = cfg.deployment
+    _check(
+        dep.host in LOOPBACK,
+        f"deployment.host={dep.host!r}: the local deployment binds loopback only; use one of {LOOPBACK}",
+    )
+    _check(0 <= dep.port <= 65535, f"deployment.port={dep.port} must be 0 (any free port) or 1..65535")
+    _check(
+        cfg.federation.mode == "federated",
+        f"deployment=local runs federated experiments; federation.mode={cfg.federation.mode!r} runs without it",
+    )
+    _check(
+        cfg.data.kind == "medmnist",
+        f"deployment=local cuts each hospital's file from a MedMNIST data set; data.kind={cfg.data.kind!r} is not",
+    )
+    _check(dep.startup_timeout > 0 and dep.run_timeout > 0, "deployment timeouts must be > 0 seconds")
 
 
 def _validate_privacy(p: DictConfig) -> None:

@@ -64,6 +64,76 @@ def load_splits(data: DictConfig, seed: int) -> Splits:
     return splits
 
 
+@dataclass
+class SiteImages:
+    """One hospital's own images (deployment): training, and validation when its file holds one."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray | None
+    val_y: np.ndarray | None
+    class_names: list[str]
+
+
+def load_site(data: DictConfig) -> SiteImages:
+    """A hospital's own data at ``data.root``, taken whole (nothing is partitioned).
+
+    ``medmnist``: ``<root>/<flag>.npz`` in MedMNIST's layout; its ``train`` arrays are the
+    hospital's training images and its ``val`` arrays (if present and non-empty) its validation
+    images. ``folder``: ``<root>/<class>/*.png``, all of it for training. The test arrays of a
+    MedMNIST file are not read: testing happens away from the hospitals.
+
+    Raises:
+        DataError: the file or folder is missing or holds one class only.
+        ConfigError: ``data.kind`` has no hospital-held form (synthetic).
+    """
+    if data.kind == "medmnist":
+        info = _medmnist_info(data.flag)
+        path = medmnist_path(data)
+        if not path.exists():
+            raise DataError(f"{path} not found: this hospital's data-root must hold its own {path.name}")
+        with np.load(path) as npz:
+            if "train_images" not in npz or "train_labels" not in npz:
+                raise DataError(f"{path} has no train_images/train_labels arrays (MedMNIST layout expected)")
+            train_x, train_y = _to_nchw(npz["train_images"]), npz["train_labels"].reshape(-1).astype(np.int64)
+            val_x = val_y = None
+            if "val_images" in npz and len(npz["val_images"]):
+                val_x, val_y = _to_nchw(npz["val_images"]), npz["val_labels"].reshape(-1).astype(np.int64)
+        names = [info["label"][k] for k in sorted(info["label"], key=int)]
+        site = SiteImages(train_x, train_y, val_x, val_y, names)
+    elif data.kind == "folder":
+        x, y, classes = _read_class_folders(Path(str(data.root)).expanduser(), int(data.image_size), int(data.channels))
+        site = SiteImages(x, y, None, None, classes)
+    else:
+        raise ConfigError(f"data.kind={data.kind!r} has no hospital-held form; deployments use medmnist or folder data")
+    present = np.unique(site.train_y)
+    if present.size < 2:
+        raise DataError(
+            f"the hospital's training data at {data.root} holds a single class "
+            f"({site.class_names[int(present[0])]!r}); a classifier needs at least two"
+        )
+    return site
+
+
+def save_medmnist_layout(path: Path, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray]) -> None:
+    """Write (N, C, H, W) uint8 images and labels as a MedMNIST-layout .npz (empty test split)."""
+
+    def layout(x: np.ndarray) -> np.ndarray:
+        return x[:, 0] if x.shape[1] == 1 else x.transpose(0, 2, 3, 1)
+
+    empty = layout(train[0][:0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        path,
+        train_images=layout(train[0]),
+        train_labels=train[1].reshape(-1, 1).astype(np.uint8),
+        val_images=layout(val[0]),
+        val_labels=val[1].reshape(-1, 1).astype(np.uint8),
+        test_images=empty,
+        test_labels=np.zeros((0, 1), np.uint8),
+    )
+
+
 def _medmnist_info(flag: str) -> dict:
     import medmnist
 

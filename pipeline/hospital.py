@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +19,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from models.compat import dp_ready
-from pipeline.data import ImageDataset, Splits, load_splits
+from pipeline.data import (
+    ImageDataset,
+    SiteImages,
+    Splits,
+    load_site,
+    load_splits,
+    medmnist_path,
+    save_medmnist_layout,
+    stratified_split,
+)
+from pipeline.errors import ConfigError
 from pipeline.partition import partition_indices, train_val_split
 from pipeline.privacy import DPPlan, PrivacyLedger, make_private, plan_dp
 from pipeline.training import train_epochs
@@ -85,6 +96,52 @@ def hospital_data(cfg: DictConfig, hospital: int) -> HospitalData:
         raise ValueError(f"hospital id {hospital} is outside 0..{n - 1}")
     train_idx, val_idx = hospital_shares(cfg)[hospital]
     return _site(cfg, splits(cfg), train_idx, val_idx)
+
+
+@functools.lru_cache(maxsize=2)
+def _site_images(data_yaml: str) -> SiteImages:
+    return load_site(OmegaConf.create(data_yaml))
+
+
+def own_hospital_data(cfg: DictConfig, root: str) -> HospitalData:
+    """A real hospital's own data at ``root`` (node config ``data-root``), taken whole, not partitioned.
+
+    Its validation share is the file's ``val`` split when it has one (as :func:`export_hospital_files`
+    writes), else a seeded stratified ``federation.val_fraction`` of its training images.
+    """
+    site = _site_images(OmegaConf.to_yaml(OmegaConf.merge(cfg.data, {"root": str(root)})))
+    train_x, train_y, val_x, val_y = site.train_x, site.train_y, site.val_x, site.val_y
+    if val_x is None:
+        keep, held = stratified_split(train_y, float(cfg.federation.val_fraction), int(cfg.seed))
+        train_x, train_y, val_x, val_y = train_x[keep], train_y[keep], train_x[held], train_y[held]
+    mean, std = float(cfg.data.mean), float(cfg.data.std)
+    return HospitalData(
+        ImageDataset(train_x, train_y, mean, std, bool(cfg.data.augment)),
+        ImageDataset(val_x, val_y, mean, std),
+        int(train_x.shape[1]),
+        len(site.class_names),
+        int(train_x.shape[-1]),
+    )
+
+
+def export_hospital_files(cfg: DictConfig, out: str | Path) -> list[Path]:
+    """Cut each hospital's simulated share into its own MedMNIST-layout file, ``out/hospital_<i>/``.
+
+    Hospital ``i`` reading its file with :func:`own_hospital_data` gets exactly the training and
+    validation images that :func:`hospital_data` gives it in a simulation of the same config, so a
+    deployment and a simulation of one experiment can be compared like for like.
+    """
+    if cfg.data.kind != "medmnist":
+        raise ConfigError(f"data.kind={cfg.data.kind!r}: only MedMNIST data can be cut into hospital files")
+    s = splits(cfg)
+    paths = []
+    for i, (train_idx, val_idx) in enumerate(hospital_shares(cfg)):
+        path = medmnist_path(OmegaConf.merge(cfg.data, {"root": str(Path(out) / f"hospital_{i}")}))
+        save_medmnist_layout(
+            path, (s.train_x[train_idx], s.train_y[train_idx]), (s.train_x[val_idx], s.train_y[val_idx])
+        )
+        paths.append(path)
+    return paths
 
 
 def pooled_data(cfg: DictConfig) -> HospitalData:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import validate
 from pipeline.errors import ConfigError, DataError, RunFailed
+from pipeline.keys import CONF_DIR
 from pipeline.results import summary_table
 
 log = logging.getLogger("fedmed")
@@ -92,7 +93,11 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     if not cfg.resume:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     preflight(cfg)
-    if cfg.federation.mode == "federated":
+    if cfg.federation.mode == "federated" and cfg.get("deployment") is not None:
+        from pipeline.deployment import run_local_deployment
+
+        summary = run_local_deployment(cfg, run_dir)
+    elif cfg.federation.mode == "federated":
         from pipeline.simulation import run_federated
 
         summary = run_federated(cfg, run_dir)
@@ -122,7 +127,7 @@ def quiet_libraries() -> None:
     logging.getLogger("flwr").setLevel(logging.INFO)
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
     quiet_libraries()
     signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends like Ctrl-C: checkpoints stay intact

@@ -322,7 +322,7 @@ class RoundLoop:
             self.recorder.add_round(result.row)
             self.recorder.write_checkpoint({"completed_round": rnd, "rounds": rounds, "num_params": self.num_params})
             previous = agg
-            log.info(_progress(result.row, rounds))
+            log.info(progress_line(result.row, rounds))
             if self.cfg.federation.stop_after == rnd and rnd < rounds:
                 status = "paused"
                 log.warning("paused after round %d; continue with: python -m pipeline.run resume=%s", rnd, self.run_dir)
@@ -377,7 +377,8 @@ def _weighted(pairs: list[tuple[float, int]]) -> float:
     return float(sum(v * n for v, n in pairs) / sum(n for _, n in pairs))
 
 
-def _progress(row: dict[str, Any], rounds: int) -> str:
+def progress_line(row: dict[str, Any], rounds: int) -> str:
+    """One console line for a finished round (a metrics.csv row)."""
     parts = [f"round {row['round']}/{rounds}", f"{row['hospitals']} hospitals", f"train loss {row['train_loss']:.4f}"]
     parts.append(f"val AUC {row.get('val_auc', float('nan')):.4f}")
     if row.get("test_auc") not in (None, ""):

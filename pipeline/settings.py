@@ -3,7 +3,8 @@
 The resolved Hydra config travels as one YAML string in the run config (``experiment-yaml``), so
 that the same ServerApp and ClientApp run under the simulation engine and under ``flwr run`` on
 the Deployment Engine. Site-specific settings (which hospital, where its key and state live)
-come from the SuperNode's ``--node-config``; a simulation binds them when it builds the apps
+come from the SuperNode's ``--node-config`` (``data-root`` makes the hospital read its own data
+instead of a share of the experiment's data set); a simulation binds them when it builds the apps
 (:func:`with_defaults`), because the simulation engine starts every run with an empty run config.
 """
 
@@ -35,12 +36,12 @@ def experiment(context: Context) -> DictConfig:
     text = str(context.run_config.get(EXPERIMENT_KEY, ""))
     if not text:
         raise ValueError(f"run config has no {EXPERIMENT_KEY!r}: start runs with `python -m pipeline.run`")
-    cfg = _parse(text)
-    data_root = context.node_config.get(DATA_ROOT_KEY)
-    if data_root:  # a real hospital reads its own copy of the data
-        cfg = cfg.copy()
-        cfg.data.root = str(data_root)
-    return cfg
+    return _parse(text)
+
+
+def own_data_root(context: Context) -> str | None:
+    """A real hospital's own data folder (node config ``data-root``); None in a simulation."""
+    return str(context.node_config.get(DATA_ROOT_KEY) or "") or None
 
 
 def with_defaults(context: Context, run_config: dict | None, node_config: dict | None) -> Context:
