@@ -6,6 +6,8 @@ same name, so a test can use either form.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,25 @@ def _compose_cfg_fixture():
 def data_root() -> Path:
     """Folder holding the real MedMNIST files (pneumoniamnist.npz)."""
     return DATA_ROOT
+
+
+# The shrunk default experiment (DP-SGD + CKKS, 3 hospitals) of the end-to-end tests.
+SMALL = [f"data.root={DATA_ROOT}", "data.limit=900", "federation.rounds=2", "train.local_epochs=1"]
+
+
+def run_pipeline(run_dir: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m pipeline.run run_dir=<run_dir> <overrides>``, the user's command, in a subprocess."""
+    cmd = [sys.executable, "-m", "pipeline.run", f"run_dir={run_dir}", *overrides]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
+
+
+@pytest.fixture(scope="session")
+def private_run(tmp_path_factory) -> Path:
+    """The product's default pipeline (DP-SGD + CKKS) simulated, shrunk to :data:`SMALL`."""
+    run_dir = tmp_path_factory.mktemp("dp_ckks")
+    private = tmp_path_factory.mktemp("hospitals")
+    run_pipeline(run_dir, *SMALL, f"federation.hospital_dir={private}")
+    return run_dir

@@ -8,40 +8,21 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import DATA_ROOT, SMALL, run_pipeline
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-SMALL = [f"data.root={DATA}", "data.limit=900", "federation.rounds=2", "train.local_epochs=1"]
-
-
-def run_pipeline(run_dir: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pipeline.run", f"run_dir={run_dir}", *overrides]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return done
+DATA = DATA_ROOT
 
 
 def read_rows(run_dir: Path) -> list[dict]:
     with open(run_dir / "metrics.csv") as f:
         return list(csv.DictReader(f))
-
-
-@pytest.fixture(scope="module")
-def private_run(tmp_path_factory) -> Path:
-    """The product's default pipeline (DP-SGD + CKKS), shrunk: 3 hospitals, 2 rounds."""
-    run_dir = tmp_path_factory.mktemp("dp_ckks")
-    private = tmp_path_factory.mktemp("hospitals")
-    run_pipeline(run_dir, *SMALL, f"federation.hospital_dir={private}")
-    return run_dir
 
 
 def test_private_run_writes_complete_outputs(private_run):
