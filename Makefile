@@ -1,10 +1,11 @@
-# `make run` sets everything up and runs the default experiment; `make test` runs the tests.
+# `make run` sets everything up and runs the default experiment; `make test` runs the tests;
+# `make deploy` runs the same experiment on a local SuperLink + SuperNodes (TLS).
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: install run test lint
+.PHONY: install run deploy test lint
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -16,6 +17,9 @@ $(VENV)/.installed: pyproject.toml
 
 run: install
 	$(PY) -m pipeline.run $(ARGS)
+
+deploy: install
+	$(PY) scripts/deploy_local.py $(ARGS)
 
 test: install
 	$(PY) -m pytest -q

@@ -17,7 +17,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline import aggregates
 from pipeline import records as R
@@ -398,6 +398,10 @@ def make_app(run_config: dict | None = None) -> ServerApp:
         context = with_defaults(context, run_config, None)
         cfg = experiment(context)
         run_dir = str(context.run_config.get(RUN_DIR_KEY) or ".")
+        saved = Path(run_dir) / "config.yaml"
+        if not saved.exists():  # started by `flwr run` directly, not through pipeline.run
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_text(OmegaConf.to_yaml(cfg))
         server_context = None
         if cfg.encryption.enabled:
             path = str(context.run_config.get(PUBLIC_CONTEXT_KEY, ""))
