@@ -144,7 +144,12 @@ def hydra_main(cfg: DictConfig) -> None:
         log.error("run failed: %s", err)
         sys.exit(1)
     except KeyboardInterrupt:
-        log.error("interrupted: completed rounds are saved; continue with: python -m pipeline.run resume=%s", run_dir)
+        if cfg.get("deployment") is not None:
+            log.error("interrupted: every deployment process was stopped; a deployment restarts from round 1")
+        else:
+            log.error(
+                "interrupted: completed rounds are saved; continue with: python -m pipeline.run resume=%s", run_dir
+            )
         sys.exit(130)
     print(summary_table(summary), flush=True)
     if summary.get("status") == "stopped_early":

@@ -266,3 +266,23 @@ def test_deployment_and_simulation_of_one_config_agree(deployed, private_run, tm
     assert done.returncode == 0, done.stderr
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "deployment (TLS)" in table and "simulation" in table
+
+
+@pytest.mark.e2e
+def test_a_failed_deployment_stops_every_process_and_keeps_its_workspace(tmp_path):
+    private = tmp_path / "hospitals"
+    cmd = [
+        sys.executable,
+        "scripts/deploy_local.py",
+        f"run_dir={tmp_path / 'run'}",
+        *SMALL,
+        f"federation.hospital_dir={private}",
+        "deployment.run_timeout=3",
+    ]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1
+    assert "did not finish within 3 s" in done.stderr + done.stdout
+    (workspace,) = private.iterdir()
+    assert f"workspace kept for inspection (logs, keys): {workspace}" in done.stderr + done.stdout
+    assert (workspace / "logs" / "superlink.log").exists()
+    assert _our_processes(str(tmp_path)) == []
