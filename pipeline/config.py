@@ -20,7 +20,7 @@ from pipeline.errors import ConfigError
 DATA_KINDS = ("medmnist", "folder", "synthetic")
 MODES = ("federated", "centralized", "local")
 ACCOUNTANTS = ("rdp", "prv")
-GRAD_SAMPLE_MODES = ("ghost", "hooks", "functorch")
+GRAD_SAMPLE_MODES = ("ghost", "hooks", "functorch", "bk")
 BATCHNORM_POLICIES = ("refuse", "convert")
 # HE standard (homomorphicencryption.org, 2018), 128-bit classical security:
 # largest total coefficient-modulus bits for each polynomial modulus degree.
@@ -80,7 +80,7 @@ class PrivacyConfig:
     max_grad_norm: float = 1.0
     accountant: str = "rdp"
     secure_mode: bool = False
-    grad_sample_mode: str = "ghost"
+    grad_sample_mode: str = "bk"
     batchnorm: str = "refuse"
 
 

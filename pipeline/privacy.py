@@ -23,6 +23,7 @@ from opacus.accountants.utils import get_noise_multiplier
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.bookkeeping import make_private_bookkeeping
 from pipeline.errors import ConfigError
 
 # Accept an epsilon this far above target as "within budget" (floating-point slack only).
@@ -160,16 +161,21 @@ def make_private(
     engine = PrivacyEngine(accountant=plan.accountant, secure_mode=bool(privacy.secure_mode))
     engine.accountant = ledger.accountant  # steps are recorded straight into the ledger
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    wrapped = engine.make_private(
-        module=model,
-        optimizer=optimizer,
-        criterion=nn.CrossEntropyLoss(),
-        data_loader=loader,
-        noise_multiplier=plan.noise_multiplier,
-        max_grad_norm=plan.max_grad_norm,
-        poisson_sampling=True,
-        grad_sample_mode=str(privacy.grad_sample_mode),
-    )
+    if str(privacy.grad_sample_mode) == "bk":  # book-keeping clipping: ours, with Opacus's loader/noise/accountant
+        wrapped = make_private_bookkeeping(
+            engine, model, optimizer, nn.CrossEntropyLoss(), loader, plan.noise_multiplier, plan.max_grad_norm
+        )
+    else:
+        wrapped = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            criterion=nn.CrossEntropyLoss(),
+            data_loader=loader,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=plan.max_grad_norm,
+            poisson_sampling=True,
+            grad_sample_mode=str(privacy.grad_sample_mode),
+        )
     if len(wrapped) == 4:
         module, opt, criterion, dp_loader = wrapped
     else:

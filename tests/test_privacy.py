@@ -93,7 +93,7 @@ def _tiny_model() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(8 * 8, 16), nn.ReLU(), nn.Linear(16, 2))
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "bk"])
 def test_dp_step_without_noise_or_clipping_equals_plain_step(mode):
     s = make_synthetic(64, 2, 8, 1, seed=3)
     data = ImageDataset(s.train_x, s.train_y, 0.5, 0.5)
@@ -163,7 +163,7 @@ def test_noise_changes_the_update():
 
 
 @pytest.mark.parametrize("name", ["cnn", "resnet18", "densenet121"])
-@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "bk"])
 def test_every_shipped_model_takes_a_dp_step(name, mode):
     from models import builders
 
