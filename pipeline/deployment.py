@@ -81,21 +81,26 @@ def node_config_arg(values: dict[str, str | int]) -> str:
     return " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in values.items())
 
 
-def flwr_processes(flwr_home: Path) -> list[int]:
-    """PIDs of live processes whose environment carries ``FLWR_HOME=<flwr_home>`` (ours and their children)."""
-    marker = f"FLWR_HOME={flwr_home}".encode()
+def processes_with_environment(fragment: str) -> list[int]:
+    """PIDs of live processes (not this one) whose environment contains ``fragment``."""
+    needle = fragment.encode()
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            env = Path(f"/proc/{entry}/environ").read_bytes()
+            env = Path(f"/proc/{entry}/environ").read_bytes() + b"\0"
             state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if state != "Z" and marker in env.split(b"\0"):
+        if state != "Z" and needle in env:
             found.append(int(entry))
     return found
+
+
+def flwr_processes(flwr_home: Path) -> list[int]:
+    """PIDs of live processes whose environment carries ``FLWR_HOME=<flwr_home>`` (ours and their children)."""
+    return processes_with_environment(f"\0FLWR_HOME={flwr_home}\0")
 
 
 @dataclass

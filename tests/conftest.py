@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -74,3 +74,19 @@ def private_run(tmp_path_factory) -> Path:
     private = tmp_path_factory.mktemp("hospitals")
     run_pipeline(run_dir, *SMALL, f"federation.hospital_dir={private}")
     return run_dir
+
+
+def privacy_cfg(**kw):
+    """A complete ``privacy`` group (DP on, hooks mode) with ``kw`` overriding its values."""
+    base = dict(
+        enabled=True,
+        epsilon=8.0,
+        delta=1e-5,
+        max_grad_norm=1.0,
+        accountant="rdp",
+        secure_mode=False,
+        grad_sample_mode="hooks",
+        batchnorm="refuse",
+    )
+    base.update(kw)
+    return OmegaConf.create(base)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from conftest import privacy_cfg
 from torch import nn
 
 from models import builders
@@ -13,21 +13,6 @@ from pipeline.data import ImageDataset, make_synthetic
 from pipeline.errors import ConfigError
 from pipeline.privacy import DPPlan, PrivacyLedger, make_private, plan_dp
 from pipeline.training import train_epochs
-
-
-def privacy_cfg(mode: str):
-    return OmegaConf.create(
-        dict(
-            enabled=True,
-            epsilon=8.0,
-            delta=1e-5,
-            max_grad_norm=1.0,
-            accountant="rdp",
-            secure_mode=False,
-            grad_sample_mode=mode,
-            batchnorm="refuse",
-        )
-    )
 
 
 class Mixed(nn.Module):
@@ -76,7 +61,7 @@ def _dp_gradient(name: str, mode: str, clip: float, x: torch.Tensor, y: torch.Te
         10,
         plan,
         PrivacyLedger("rdp"),
-        privacy_cfg(mode),
+        privacy_cfg(grad_sample_mode=mode),
     )
     dp.optimizer.zero_grad(set_to_none=True)
     dp.criterion(dp.model(x), y).backward()
@@ -95,7 +80,7 @@ def _poisson_batch(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         10,
         plan,
         PrivacyLedger("rdp"),
-        privacy_cfg("bk"),
+        privacy_cfg(grad_sample_mode="bk"),
     )
     torch.manual_seed(7)
     x, y = next(iter(dp.loader))
@@ -138,7 +123,7 @@ def test_bk_step_without_noise_or_clipping_equals_plain_sgd_step(name):
         len(data),
         plan,
         PrivacyLedger("rdp"),
-        privacy_cfg("bk"),
+        privacy_cfg(grad_sample_mode="bk"),
     )
 
     dp.optimizer.zero_grad(set_to_none=True)
@@ -156,7 +141,13 @@ def test_empty_poisson_batch_is_a_noise_only_step():
     before = [p.detach().clone() for p in model.parameters()]
     plan = DPPlan(0.0, 0.25, 1, 1, 8.0, 1e-5, 1.0, "rdp")
     dp = make_private(
-        model, torch.optim.SGD(model.parameters(), lr=0.1), _data("mixed"), 10, plan, ledger, privacy_cfg("bk")
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        _data("mixed"),
+        10,
+        plan,
+        ledger,
+        privacy_cfg(grad_sample_mode="bk"),
     )
 
     dp.optimizer.zero_grad(set_to_none=True)
@@ -179,7 +170,7 @@ def test_unsupported_layer_is_refused_at_wrap_time():
             10,
             DPPlan(1.0, 0.25, 1, 1, 8.0, 1e-5, 1.0, "rdp"),
             PrivacyLedger("rdp"),
-            privacy_cfg("bk"),
+            privacy_cfg(grad_sample_mode="bk"),
         )
 
     message = str(err.value)
@@ -190,7 +181,7 @@ def test_unsupported_layer_is_refused_at_wrap_time():
 
 def test_epsilon_accounting_in_bk_equals_hooks():
     data = _data("mixed")
-    cfg = privacy_cfg("hooks")
+    cfg = privacy_cfg(grad_sample_mode="hooks")
     plan = plan_dp(cfg, train_size=len(data), batch_size=10, local_epochs=2, rounds=3)
     ledgers = {}
     for mode in ("hooks", "bk"):
@@ -198,7 +189,13 @@ def test_epsilon_accounting_in_bk_equals_hooks():
         model = _model("mixed")
         ledgers[mode] = PrivacyLedger("rdp")
         dp = make_private(
-            model, torch.optim.SGD(model.parameters(), lr=0.1), data, 10, plan, ledgers[mode], privacy_cfg(mode)
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            data,
+            10,
+            plan,
+            ledgers[mode],
+            privacy_cfg(grad_sample_mode=mode),
         )
         train_epochs(dp.model, dp.loader, dp.optimizer, dp.criterion, 2, torch.device("cpu"))
         dp.model.remove_hooks()

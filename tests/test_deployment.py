@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -24,7 +23,13 @@ from cryptography.hazmat.primitives import serialization
 from omegaconf import OmegaConf
 
 from pipeline.certificates import make_certificates, make_node_key
-from pipeline.deployment import LocalDeployment, flwr_processes, node_config_arg, run_config_toml
+from pipeline.deployment import (
+    LocalDeployment,
+    flwr_processes,
+    node_config_arg,
+    processes_with_environment,
+    run_config_toml,
+)
 from pipeline.errors import ConfigError, DataError
 from pipeline.hospital import export_hospital_files, hospital_data, own_hospital_data
 
@@ -174,22 +179,6 @@ def test_own_data_problems_are_named(tmp_path):
 
 
 # --- real SuperLink and SuperNodes -----------------------------------------------------------
-def _our_processes(marker: str) -> list[int]:
-    """Live processes whose environment mentions ``marker`` (a test's temporary folder)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            env = Path(f"/proc/{entry}/environ").read_bytes()
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and marker.encode() in env:
-            found.append(int(entry))
-    return found
-
-
 @pytest.mark.e2e
 def test_unregistered_or_unverified_supernodes_are_refused_and_everything_stops(tmp_path):
     with pytest.raises(RuntimeError, match="leaving on purpose"):
@@ -213,7 +202,7 @@ def test_unregistered_or_unverified_supernodes_are_refused_and_everything_stops(
             assert good.poll() is None
             raise RuntimeError("leaving on purpose: the context must still stop every process")
     assert flwr_processes(tmp_path / "ws" / "flwr_home") == []
-    assert _our_processes(str(tmp_path)) == []
+    assert processes_with_environment(str(tmp_path)) == []
 
 
 def deploy(run_dir: Path, *overrides: str) -> None:
@@ -245,7 +234,7 @@ def test_deployment_runs_to_the_end_with_dp_and_encryption_and_leaves_nothing(de
         assert (run_dir / name).stat().st_size > 0
     assert OmegaConf.load(run_dir / "config.yaml").deployment.insecure is False
     assert list(private.iterdir()) == []  # the workspace (keys, certificates, data copies) is gone
-    assert _our_processes(str(private)) == []
+    assert processes_with_environment(str(private)) == []
 
 
 @pytest.mark.e2e
@@ -285,4 +274,4 @@ def test_a_failed_deployment_stops_every_process_and_keeps_its_workspace(tmp_pat
     (workspace,) = private.iterdir()
     assert f"workspace kept for inspection (logs, keys): {workspace}" in done.stderr + done.stdout
     assert (workspace / "logs" / "superlink.log").exists()
-    assert _our_processes(str(tmp_path)) == []
+    assert processes_with_environment(str(tmp_path)) == []

@@ -7,28 +7,13 @@ import copy
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from conftest import privacy_cfg
 from torch import nn
 
 from pipeline.data import ImageDataset, make_synthetic
 from pipeline.errors import ConfigError
 from pipeline.privacy import DPPlan, PrivacyLedger, make_private, plan_dp
 from pipeline.training import train_epochs
-
-
-def privacy_cfg(**kw):
-    base = dict(
-        enabled=True,
-        epsilon=8.0,
-        delta=1e-5,
-        max_grad_norm=1.0,
-        accountant="rdp",
-        secure_mode=False,
-        grad_sample_mode="hooks",
-        batchnorm="refuse",
-    )
-    base.update(kw)
-    return OmegaConf.create(base)
 
 
 def test_rdp_accountant_gives_opacus_known_value():
