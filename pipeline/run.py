@@ -7,7 +7,6 @@ the run folder: config.yaml, metrics.csv, summary.json, curves.png, model.pt.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -17,39 +16,15 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import validate
+from pipeline.config import conf_dir, validate
+from pipeline.config import paths as _paths  # noqa: F401  (registers the config's resolvers)
+from pipeline.config.resume import resume_config
 from pipeline.errors import ConfigError, DataError, RunFailed
-from pipeline.keys import CONF_DIR
-from pipeline.results import summary_table
+from pipeline.outputs.atomic import write_atomic
+from pipeline.outputs.console import summary_table
+from pipeline.outputs.recorder import CONFIG_FILE
 
 log = logging.getLogger("fedmed")
-OmegaConf.register_new_resolver("or", lambda first, second: first if first not in (None, "") else second, replace=True)
-
-
-def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """The saved config of the run in ``cfg.resume``; refuse overrides that contradict it."""
-    folder = Path(str(cfg.resume)).expanduser().resolve()
-    saved_path = folder / "config.yaml"
-    if not saved_path.exists():
-        raise ConfigError(f"resume={cfg.resume}: no run there ({saved_path} is missing)")
-    if not (folder / "checkpoint.json").exists():
-        raise ConfigError(f"resume={cfg.resume}: the run completed no round, so there is nothing to resume; start anew")
-    saved = OmegaConf.load(saved_path)
-    if saved.federation.mode != "federated":
-        raise ConfigError(f"resume={cfg.resume}: only federated runs resume (this one is {saved.federation.mode})")
-    for item in overrides:
-        key = item.split("=", 1)[0].lstrip("+~")
-        if key in ("resume", "run_dir") or key.startswith("hydra"):
-            continue
-        new, old = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
-        as_plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v  # noqa: E731
-        if as_plain(new) != as_plain(old):
-            raise ConfigError(
-                f"resume: {item} differs from the run's {key}={as_plain(old)}; a resumed run keeps its config"
-            )
-    saved.resume = str(folder)
-    saved.run_dir = str(folder)
-    return saved
 
 
 def _terminate(signum, frame) -> None:  # noqa: ARG001
@@ -58,12 +33,14 @@ def _terminate(signum, frame) -> None:  # noqa: ARG001
 
 def preflight(cfg: DictConfig) -> None:
     """Load the data, partition it, build the model and plan each hospital's DP budget: fail fast."""
-    from pipeline.hospital import build_model, dp_plan, hospital_data, pooled_data, test_dataset
+    from pipeline.privacy.plan import plan_for_run
+    from pipeline.task.model import build_model
+    from pipeline.task.sites import hospital_data, pooled_data, test_dataset
 
     if cfg.strategy.get("proximal_mu", 0) and cfg.privacy.enabled:
         raise ConfigError("strategy.proximal_mu > 0 (FedProx) is not supported with privacy=dpsgd; use strategy=fedavg")
     test_dataset(cfg)
-    rounds, epochs = int(cfg.federation.rounds), int(cfg.train.local_epochs)
+    rounds = int(cfg.federation.rounds)
     sites = (
         [pooled_data(cfg)]
         if cfg.federation.mode == "centralized"
@@ -72,7 +49,7 @@ def preflight(cfg: DictConfig) -> None:
     first = sites[0]
     build_model(cfg, first.channels, first.num_classes, first.image_size)
     for i, site in enumerate(sites):
-        plan = dp_plan(cfg, site.num_train, epochs, rounds)
+        plan = plan_for_run(cfg, site.num_train)
         if plan is not None and i == 0:
             log.info(
                 "DP-SGD plan: noise multiplier %.3f, sample rate %.4f, %d steps over %d rounds, "
@@ -91,18 +68,18 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     cfg = validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.resume:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
     preflight(cfg)
     if cfg.federation.mode == "federated" and cfg.get("deployment") is not None:
-        from pipeline.deployment import run_local_deployment
+        from pipeline.engines.deployment import run_local_deployment
 
         summary = run_local_deployment(cfg, run_dir)
     elif cfg.federation.mode == "federated":
-        from pipeline.simulation import run_federated
+        from pipeline.engines.simulation import run_federated
 
         summary = run_federated(cfg, run_dir)
     else:
-        from pipeline.baselines import run_baseline
+        from pipeline.engines.baselines import run_baseline
 
         summary = run_baseline(cfg, run_dir)
     return record_provenance(cfg, run_dir, summary)
@@ -110,12 +87,12 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
 
 def record_provenance(cfg: DictConfig, run_dir: Path, summary: dict) -> dict:
     """Add versions, git commit, machine and data fingerprint to summary.json (honest comparisons)."""
-    from pipeline import provenance
-    from pipeline.results import SUMMARY_FILE, write_atomic
+    from pipeline.outputs import provenance
+    from pipeline.outputs.recorder import SUMMARY_FILE, write_json
+    from pipeline.outputs.tracking import log_run
 
     summary["provenance"] = provenance.collect(cfg)
-    write_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
-    from pipeline.tracking import log_run
+    write_json(run_dir / SUMMARY_FILE, summary)
 
     log_run(cfg, run_dir, summary)
     return summary
@@ -127,7 +104,7 @@ def quiet_libraries() -> None:
     logging.getLogger("flwr").setLevel(logging.INFO)
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+@hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
     quiet_libraries()
     signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends like Ctrl-C: checkpoints stay intact

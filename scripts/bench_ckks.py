@@ -15,15 +15,16 @@ import time
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 
-from pipeline import crypto
-from pipeline.codec import CkksCodec, PlainCodec
-from pipeline.config import validate
-from pipeline.hospital import build_model, dp_plan, get_flat, hospital_data, train_round
-from pipeline.keys import CONF_DIR
-from pipeline.privacy import PrivacyLedger
-from strategies.fedavg import FedAvg
+from pipeline.config import compose
+from pipeline.privacy.ledger import PrivacyLedger
+from pipeline.privacy.plan import plan_for_run
+from pipeline.secagg import keys
+from pipeline.secagg.codec import CkksCodec, PlainCodec
+from pipeline.secagg.server_sum import new_sum
+from pipeline.task.model import build_model, get_flat
+from pipeline.task.sites import hospital_data
+from pipeline.task.training import train_round
 
 
 def timed(fn, *args):
@@ -54,13 +55,12 @@ def main() -> None:
                     "encryption.field_bits=11",
                     "encryption.global_scale_bits=15",
                 ]
-            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-                cfg = validate(compose("config", overrides=overrides))
+            cfg = compose(*overrides)
             data = hospital_data(cfg, 0)
             model = build_model(cfg, data.channels, data.num_classes, data.image_size)
             n = len(get_flat(model))
-            ctx = crypto.make_secret_context(cfg.encryption)
-            server = crypto.server_context_bytes(ctx)
+            ctx = keys.make_secret_context(cfg.encryption)
+            server = keys.server_context_bytes(ctx)
             codec = CkksCodec(ctx, server, cfg.encryption, k)
             updates = [rng.normal(0, 0.01, n) for _ in range(k)]
             payloads, enc_s = [], []
@@ -68,7 +68,7 @@ def main() -> None:
                 pl, s = timed(codec.encode, u, rng)
                 payloads.append(pl)
                 enc_s.append(s)
-            total = FedAvg().new_sum(size=n, server_context=server, num_chunks=len(payloads[0].chunks))
+            total = new_sum(size=n, server_context=server, num_chunks=len(payloads[0].chunks))
             start = time.perf_counter()
             for pl in payloads:
                 assert total.problem(pl) is None
@@ -80,10 +80,9 @@ def main() -> None:
             if a.skip_training:
                 train_s = float("nan")
             else:
-                plan = dp_plan(cfg, data.num_train, int(cfg.train.local_epochs), int(cfg.federation.rounds))
-                stats = train_round(
-                    cfg, model, data, int(cfg.train.local_epochs), torch.device("cpu"), plan, PrivacyLedger("rdp"), 0
-                )
+                plan = plan_for_run(cfg, data.num_train)
+                epochs = int(cfg.train.local_epochs)
+                stats = train_round(cfg, model, data.train, epochs, torch.device("cpu"), plan, PrivacyLedger("rdp"), 0)
                 train_s = stats["train_seconds"]
             crypto_s = float(np.mean(enc_s)) + agg_s + dec_s
             print(

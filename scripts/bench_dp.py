@@ -6,7 +6,7 @@
 Trains on the first ``--samples`` PneumoniaMNIST training images (one hospital's share), with
 ``--threads`` torch threads (default: the pipeline's ``train.threads``), optionally with the
 pipeline's data augmentation, for each model and each per-sample clipping mode (Opacus's, or
-``bk``: pipeline/bookkeeping.py), and prints a Markdown table (paste it into docs/BENCHMARKS.md
+``bk``: pipeline/privacy/bk_clipping.py), and prints a Markdown table (paste it into docs/BENCHMARKS.md
 with the command line).
 """
 
@@ -17,16 +17,17 @@ import platform
 import time
 
 import torch
-from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pipeline.config import validate
-from pipeline.data import ImageDataset
-from pipeline.hospital import build_model, splits
-from pipeline.keys import CONF_DIR
-from pipeline.privacy import PrivacyLedger, make_private, plan_dp
-from pipeline.training import train_epochs
+from pipeline.config import compose
+from pipeline.privacy.engine import make_private
+from pipeline.privacy.ledger import PrivacyLedger
+from pipeline.privacy.plan import plan_dp
+from pipeline.task.data import ImageDataset
+from pipeline.task.model import build_model
+from pipeline.task.sites import splits
+from pipeline.task.training import train_epochs
 
 
 def epoch_seconds(cfg, mode: str | None, data, batch: int) -> float:
@@ -47,8 +48,7 @@ def epoch_seconds(cfg, mode: str | None, data, batch: int) -> float:
 
 
 def _config(model: str, data_root: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return validate(compose("config", overrides=[f"model={model}", f"data.root={data_root}"]))
+    return compose(f"model={model}", f"data.root={data_root}")
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ rounds, seed), wall time of each and their ratio. Prints Markdown for docs/BENCH
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -21,6 +20,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from pipeline.outputs.recorder import METRICS_FILE, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -76,8 +77,7 @@ def measured_run(overrides: list[str]) -> dict:
         watcher.join()
         if proc.returncode != 0:
             raise SystemExit(f"run failed ({' '.join(overrides)}): {err.strip().splitlines()[-1:]}")
-        with open(run_dir / "metrics.csv") as f:
-            rounds = list(csv.DictReader(f))
+        rounds = read_metrics(run_dir / METRICS_FILE)
         summary = json.loads((run_dir / "summary.json").read_text())
     return {
         "wall": wall,

@@ -8,7 +8,7 @@ Writes ``hospitals_secret.ctx`` (hand to every hospital over a secure channel) a
 
 import sys
 
-from pipeline.keys import main
+from pipeline.secagg.keys import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.certificates import make_certificates, make_node_key
+from pipeline.engines.certificates import make_certificates, make_node_key
 
 
 def main() -> int:

@@ -13,12 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-from pipeline.config import validate
-from pipeline.deployment import run_config_toml
+from pipeline.config import compose
+from pipeline.engines.run_config import run_config_toml
 from pipeline.errors import ConfigError
-from pipeline.keys import CONF_DIR
+from pipeline.outputs.atomic import write_atomic
 
 
 def main() -> int:
@@ -28,17 +26,15 @@ def main() -> int:
     p.add_argument("--public-context", default=None, help="server_public.ctx on the SuperLink's machine")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m pipeline.run")
     a = p.parse_args()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=a.overrides)
     try:
-        cfg = validate(cfg)
+        cfg = compose(*a.overrides)
         if cfg.encryption.enabled and not a.public_context:
             raise ConfigError("encryption is on: give --public-context (server_public.ctx from scripts/keygen.py)")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     public = Path(a.public_context) if a.public_context else None
-    Path(a.out).write_text(run_config_toml(cfg, Path(a.run_dir), public))
+    write_atomic(Path(a.out), run_config_toml(cfg, Path(a.run_dir), public))
     print(f"wrote {a.out}: flwr run . <superlink> --run-config {a.out}")
     return 0
 

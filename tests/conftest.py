@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -25,8 +26,7 @@ def compose_raw(*overrides: str) -> DictConfig:
 
     Hydra's own errors (unknown key, unknown group option) surface here.
     """
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose(*overrides, validated=False)
 
 
 def compose_cfg(*overrides: str, validated: bool = True) -> DictConfig:
@@ -34,12 +34,7 @@ def compose_cfg(*overrides: str, validated: bool = True) -> DictConfig:
 
     ``run_dir`` is null in the composed config unless an override sets it.
     """
-    cfg = compose_raw(*overrides)
-    if not validated:
-        return cfg
-    from pipeline.config import validate
-
-    return validate(cfg)
+    return compose(*overrides, validated=validated)
 
 
 @pytest.fixture(name="compose_cfg")

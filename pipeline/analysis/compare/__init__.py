@@ -1,0 +1,1 @@
+"""Comparing finished runs."""

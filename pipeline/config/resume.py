@@ -1,0 +1,44 @@
+"""Resuming a run: its saved config is the config; overrides that contradict it are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.errors import ConfigError
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_FILE = "checkpoint.json"
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The saved config of the run in ``cfg.resume``; refuse overrides that contradict it.
+
+    Raises:
+        ConfigError: no run there, nothing to resume, a baseline, or an override that differs.
+    """
+    folder = Path(str(cfg.resume)).expanduser().resolve()
+    saved_path = folder / CONFIG_FILE
+    if not saved_path.exists():
+        raise ConfigError(f"resume={cfg.resume}: no run there ({saved_path} is missing)")
+    if not (folder / CHECKPOINT_FILE).exists():
+        raise ConfigError(f"resume={cfg.resume}: the run completed no round, so there is nothing to resume; start anew")
+    saved = OmegaConf.load(saved_path)
+    if saved.federation.mode != "federated":
+        raise ConfigError(f"resume={cfg.resume}: only federated runs resume (this one is {saved.federation.mode})")
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key in ("resume", "run_dir") or key.startswith("hydra"):
+            continue
+        new, old = _plain(OmegaConf.select(cfg, key)), _plain(OmegaConf.select(saved, key))
+        if new != old:
+            raise ConfigError(f"resume: {item} differs from the run's {key}={old}; a resumed run keeps its config")
+    saved.resume = str(folder)
+    saved.run_dir = str(folder)
+    return saved

@@ -1,0 +1,121 @@
+"""Typed schemas of the config groups: the types every value must have.
+
+The defaults are not here: they live in the YAML files under ``conf/`` (one source). A field
+marked ``MISSING`` must be set by the group's YAML file; a field defaulting to ``None`` applies
+to some options of its group only (``data.flag`` to MedMNIST data, ``data.test_root`` to folder
+exports) and stays unset for the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import MISSING
+
+
+@dataclass
+class DataConfig:
+    kind: str = MISSING
+    root: str | None = None
+    channels: int = MISSING
+    limit: int | None = None
+    mean: float = MISSING
+    std: float = MISSING
+    augment: bool = MISSING
+    # medmnist
+    flag: str | None = None
+    download: bool | None = None
+    size: int | None = None
+    # folder
+    test_root: str | None = None
+    test_fraction: float | None = None
+    # folder and synthetic
+    image_size: int | None = None
+    # synthetic
+    num_samples: int | None = None
+    num_classes: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    local_epochs: int = MISSING
+    batch_size: int = MISSING
+    optimizer: Any = MISSING
+    threads: int = MISSING
+
+
+@dataclass
+class FederationConfig:
+    mode: str = MISSING
+    num_hospitals: int = MISSING
+    rounds: int = MISSING
+    val_fraction: float = MISSING
+    min_hospitals: int = MISSING
+    round_timeout: float = MISSING
+    stop_after: int | None = None
+    hospital_dir: str = MISSING
+    cpus_per_hospital: float = MISSING
+    gpus_per_hospital: float = MISSING
+
+
+@dataclass
+class PrivacyConfig:
+    enabled: bool = MISSING
+    epsilon: float = MISSING
+    delta: float = MISSING
+    max_grad_norm: float = MISSING
+    accountant: str = MISSING
+    secure_mode: bool = MISSING
+    grad_sample_mode: str = MISSING
+    batchnorm: str = MISSING
+
+
+@dataclass
+class EncryptionConfig:
+    enabled: bool = MISSING
+    poly_modulus_degree: int = MISSING
+    coeff_mod_bit_sizes: list[int] = MISSING
+    global_scale_bits: int = MISSING
+    fields_per_slot: int = MISSING
+    field_bits: int = MISSING
+    clip: float = MISSING
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = MISSING
+    tracking_uri: str | None = None
+    experiment_name: str = MISSING
+
+
+@dataclass
+class DeploymentConfig:
+    host: str = MISSING
+    port: int = MISSING
+    insecure: bool = MISSING
+    workspace: str | None = None
+    keep_workspace: bool = MISSING
+    startup_timeout: float = MISSING
+    run_timeout: float = MISSING
+
+
+@dataclass
+class PathsConfig:
+    data: str = MISSING
+    outputs: str = MISSING
+    multirun: str = MISSING
+    hospitals: str = MISSING
+
+
+# Group name -> schema; ``deployment`` is checked only when a deployment is configured.
+GROUP_SCHEMAS: dict[str, type] = {
+    "paths": PathsConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "federation": FederationConfig,
+    "privacy": PrivacyConfig,
+    "encryption": EncryptionConfig,
+    "logger": LoggerConfig,
+}
+OPTIONAL_GROUP_SCHEMAS: dict[str, type] = {"deployment": DeploymentConfig}

@@ -1,0 +1,169 @@
+"""The checks that run before anything starts: types, ranges and cross-group rules.
+
+Hydra already refuses overrides of keys that do not exist (struct mode). :func:`validate` merges
+each group onto its schema (:mod:`pipeline.config.schema`: types, and the keys its YAML must
+set), then checks ranges (``federation.num_hospitals=0``) and cross-group rules (a budget that
+needs a hospital count, secure CKKS parameters), and turns every problem into one
+:class:`~pipeline.errors.ConfigError` line.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pipeline.config.schema import GROUP_SCHEMAS, OPTIONAL_GROUP_SCHEMAS
+from pipeline.errors import ConfigError
+from pipeline.secagg.params import parameter_problems
+
+DATA_KINDS = ("medmnist", "folder", "synthetic")
+MODES = ("federated", "centralized", "local")
+ACCOUNTANTS = ("rdp", "prv")
+GRAD_SAMPLE_MODES = ("ghost", "hooks", "functorch", "bk")
+BATCHNORM_POLICIES = ("refuse", "convert")
+LOGGERS = ("none", "mlflow")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _typed(schema: type, node: Any, group: str) -> Any:
+    """Merge ``node`` onto ``schema``: wrong types and unknown keys raise ConfigError."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+    except OmegaConfBaseException as err:
+        msg = str(err).splitlines()[0]
+        raise ConfigError(f"{group}: {msg}") from None
+    return merged
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _missing_keys(node: DictConfig, group: str) -> list[str]:
+    return [f"{group}.{k}" for k in node if OmegaConf.is_missing(node, k)]
+
+
+def complete(cfg: DictConfig) -> DictConfig:
+    """Return ``cfg`` resolved, with each group merged onto its schema (types checked).
+
+    Raises:
+        ConfigError: a value of the wrong type, or a key the group's YAML file must set but does not.
+    """
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    groups = dict(GROUP_SCHEMAS)
+    groups.update({k: v for k, v in OPTIONAL_GROUP_SCHEMAS.items() if cfg.get(k) is not None})
+    for key, schema in groups.items():
+        cfg[key] = _typed(schema, cfg.get(key, {}), key)
+        missing = _missing_keys(cfg[key], key)
+        if missing:
+            raise ConfigError(f"{', '.join(missing)} not set: the conf/{key}/ option in use must give a value")
+    return cfg
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check every value a run depends on; return the completed config or raise ConfigError."""
+    cfg = complete(cfg)
+    data, train, fed = cfg.data, cfg.train, cfg.federation
+    _check(data.kind in DATA_KINDS, f"data.kind={data.kind!r} is unknown; use one of {DATA_KINDS}")
+    _check(data.channels in (1, 3), f"data.channels={data.channels} must be 1 (greyscale) or 3 (RGB)")
+    _check(data.limit is None or data.limit > 0, f"data.limit={data.limit} must be a positive count or null")
+    _check(data.std > 0, f"data.std={data.std} must be > 0")
+    _check(fed.mode in MODES, f"federation.mode={fed.mode!r} is unknown; use one of {MODES}")
+    _check(fed.num_hospitals >= 1, f"federation.num_hospitals={fed.num_hospitals} must be >= 1")
+    _check(fed.rounds >= 1, f"federation.rounds={fed.rounds} must be >= 1")
+    _check(0 < fed.val_fraction < 1, f"federation.val_fraction={fed.val_fraction} must be in (0, 1)")
+    _check(
+        1 <= fed.min_hospitals <= fed.num_hospitals,
+        f"federation.min_hospitals={fed.min_hospitals} must be between 1 and "
+        f"federation.num_hospitals={fed.num_hospitals}",
+    )
+    _check(
+        fed.stop_after is None or 1 <= fed.stop_after <= fed.rounds,
+        f"federation.stop_after={fed.stop_after} must be between 1 and federation.rounds={fed.rounds} (or null)",
+    )
+    _check(fed.round_timeout > 0, f"federation.round_timeout={fed.round_timeout} must be > 0 seconds")
+    _check(fed.cpus_per_hospital > 0, f"federation.cpus_per_hospital={fed.cpus_per_hospital} must be > 0")
+    _check(train.local_epochs >= 1, f"train.local_epochs={train.local_epochs} must be >= 1")
+    _check(train.batch_size >= 1, f"train.batch_size={train.batch_size} must be >= 1")
+    _check(train.threads >= 1, f"train.threads={train.threads} must be >= 1")
+    _check(
+        fed.mode != "federated" or train.threads <= math.ceil(fed.cpus_per_hospital),
+        f"train.threads={train.threads} exceeds federation.cpus_per_hospital={fed.cpus_per_hospital}: concurrent "
+        "hospitals would oversubscribe the cores; raise cpus_per_hospital too",
+    )
+    _check(
+        isinstance(train.optimizer, DictConfig) and "_target_" in train.optimizer,
+        "train.optimizer needs a _target_ (e.g. torch.optim.Adam) and _partial_: true",
+    )
+    lr = train.optimizer.get("lr", 1e-3)
+    _check(isinstance(lr, (int, float)) and lr > 0, f"train.optimizer.lr={lr} must be a positive number")
+    _check(
+        str(cfg.device) == "auto" or str(cfg.device).split(":")[0] in ("cpu", "cuda", "mps"),
+        f"device={cfg.device!r} is unknown; use auto, cpu, cuda or cuda:N",
+    )
+    _check(
+        cfg.logger.backend in LOGGERS,
+        f"logger.backend={cfg.logger.backend!r} is unknown; use logger=none or logger=mlflow",
+    )
+    _validate_data(data)
+    _validate_privacy(cfg.privacy)
+    if cfg.encryption.enabled:
+        problems = parameter_problems(cfg.encryption, fed.num_hospitals)
+        _check(not problems, problems[0] if problems else "")
+    if cfg.get("deployment") is not None:
+        _validate_deployment(cfg)
+    return cfg
+
+
+# Keys each data kind needs (beyond the ones every kind has).
+DATA_KEYS = {
+    "medmnist": ("root", "flag", "download", "size"),
+    "folder": ("root", "image_size", "test_fraction"),
+    "synthetic": ("num_samples", "num_classes", "image_size"),
+}
+
+
+def _validate_data(data: DictConfig) -> None:
+    unset = [f"data.{k}" for k in DATA_KEYS.get(data.kind, ()) if data.get(k) is None]
+    _check(not unset, f"data.kind={data.kind} needs {', '.join(unset)}; set it (e.g. {unset[0]}=...)" if unset else "")
+    if data.test_fraction is not None:
+        _check(0 < data.test_fraction < 1, f"data.test_fraction={data.test_fraction} must be in (0, 1)")
+
+
+def _validate_deployment(cfg: DictConfig) -> None:
+    dep = cfg.deployment
+    _check(
+        dep.host in LOOPBACK,
+        f"deployment.host={dep.host!r}: the local deployment binds loopback only; use one of {LOOPBACK}",
+    )
+    _check(0 <= dep.port <= 65535, f"deployment.port={dep.port} must be 0 (any free port) or 1..65535")
+    _check(
+        cfg.federation.mode == "federated",
+        f"deployment=local runs federated experiments; federation.mode={cfg.federation.mode!r} runs without it",
+    )
+    _check(
+        cfg.data.kind == "medmnist",
+        f"deployment=local cuts each hospital's file from a MedMNIST data set; data.kind={cfg.data.kind!r} is not",
+    )
+    _check(dep.startup_timeout > 0 and dep.run_timeout > 0, "deployment timeouts must be > 0 seconds")
+
+
+def _validate_privacy(p: DictConfig) -> None:
+    if not p.enabled:
+        return
+    _check(p.epsilon > 0, f"privacy.epsilon={p.epsilon} must be > 0")
+    _check(0 < p.delta < 1, f"privacy.delta={p.delta} must be in (0, 1)")
+    _check(p.max_grad_norm > 0, f"privacy.max_grad_norm={p.max_grad_norm} must be > 0")
+    _check(p.accountant in ACCOUNTANTS, f"privacy.accountant={p.accountant!r} is unknown; use {ACCOUNTANTS}")
+    _check(
+        p.grad_sample_mode in GRAD_SAMPLE_MODES,
+        f"privacy.grad_sample_mode={p.grad_sample_mode!r} is unknown; use one of {GRAD_SAMPLE_MODES}",
+    )
+    _check(
+        p.batchnorm in BATCHNORM_POLICIES,
+        f"privacy.batchnorm={p.batchnorm!r} is unknown; use one of {BATCHNORM_POLICIES}",
+    )

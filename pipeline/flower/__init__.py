@@ -1,0 +1,12 @@
+"""The Flower apps: a hospital's ClientApp and a thin ServerApp, and what travels between them.
+
+Owns: the hospital's message handlers and its state between messages (:mod:`.client_app`,
+:mod:`.hospital_state`), the ServerApp that starts a :mod:`strategies` strategy
+(:mod:`.server_app`), the names of message records and keys (:mod:`.messages`), what the apps
+read from their Flower context (:mod:`.context`) and the fault-injection mod for tests and chaos
+runs (:mod:`.faults`).
+
+The ServerApp side (:mod:`.server_app`, :mod:`.messages`, :mod:`.context`) imports nothing that
+can load a secret key; only :mod:`.client_app` reaches :mod:`pipeline.secagg.keys`, lazily, in
+the hospital's own process.
+"""

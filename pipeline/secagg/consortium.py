@@ -1,0 +1,77 @@
+"""The key holders' final step, separate from the server: decrypt the final model and test it.
+
+After the last round, the consortium of hospitals (who share the secret key) replays the run's
+saved aggregates from the public initial weights with the run's server optimizer, exactly as
+every hospital applied them, which yields the final global model; it evaluates it on the
+held-out test split and writes it to the run folder. The server plays no part here and never
+sees a decrypted model; in a simulation this runs as its own process.
+
+    python -m pipeline.secagg.consortium RUN_DIR --secret-context hospitals_secret.ctx
+    (= python scripts/consortium.py ..., fedmed-consortium ...)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.outputs.recorder import CONFIG_FILE, MODEL_FILE, SUMMARY_FILE, write_json
+from pipeline.secagg import aggregates
+from pipeline.secagg.codec import CkksCodec, PlainCodec
+from pipeline.task.model import build_model, get_flat, save_model, set_flat
+from pipeline.task.sites import splits, test_dataset
+from pipeline.task.training import evaluate, resolve_device
+
+
+def rebuild(cfg: DictConfig, aggs: list[aggregates.Aggregate], codec: PlainCodec | CkksCodec) -> torch.nn.Module:
+    """The global model after ``aggs``: the public initial weights, then each round's decoded step."""
+    s = splits(cfg)
+    model = build_model(cfg, s.channels, s.num_classes, s.image_size)
+    initial = get_flat(model).astype(np.float64)
+    weights, _ = aggregates.replay(initial, aggs, lambda agg: codec.decode(agg.payload, agg.count, len(initial)))
+    set_flat(model, weights.astype(np.float32))
+    return model
+
+
+def finalize(run_dir: str | Path, codec: PlainCodec | CkksCodec) -> dict:
+    """Rebuild, test and save the final model; add the test metrics to summary.json."""
+    run_dir = Path(run_dir)
+    cfg = OmegaConf.load(run_dir / CONFIG_FILE)
+    aggs = aggregates.load_all(run_dir)
+    if not aggs:
+        raise ValueError(f"{run_dir} holds no aggregates: the run finished no round")
+    model = rebuild(cfg, aggs, codec)
+    metrics = evaluate(model, test_dataset(cfg), resolve_device(str(cfg.device)))
+    save_model(model, run_dir / MODEL_FILE)
+    summary_path = run_dir / SUMMARY_FILE
+    summary = json.loads(summary_path.read_text())
+    summary["test"] = metrics
+    summary["test_evaluated_by"] = "consortium of key holders (after the last round)"
+    write_json(summary_path, summary)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: decrypt, test and save a run's final model."""
+    parser = argparse.ArgumentParser(description="Decrypt, test and save a run's final model (key holders only).")
+    parser.add_argument("run_dir")
+    parser.add_argument("--secret-context", required=True, help="the hospitals' secret context file")
+    args = parser.parse_args(argv)
+    from pipeline.secagg.keys import load_secret_context
+
+    ctx, server_bytes = load_secret_context(str(args.secret_context))
+    cfg = OmegaConf.load(Path(args.run_dir) / CONFIG_FILE)
+    codec = CkksCodec(ctx, server_bytes, cfg.encryption, int(cfg.federation.num_hospitals))
+    metrics = finalize(args.run_dir, codec)
+    print(json.dumps(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,473 @@
+"""SecureFedAvg: FedAvg (McMahan et al. 2017) in which the server only ever adds (encrypted) updates.
+
+The maths is the example-weighted mean ``sum_k n_k w_k / sum_k n_k``, but the server never
+computes it. Each hospital sends its weighted change ``u_k = (n_k / n_ref)(w_k - w)``, CKKS-
+encrypted by default; the server checks each reply and adds it to a running sum as it arrives
+(:mod:`pipeline.secagg.server_sum`), adds the plaintext weights, and sends the sum back. Every
+hospital decrypts it, divides by the total weight and applies the step of the strategy's server
+optimizer (plain ``w + delta`` here; see :mod:`strategies.fedopt`), so dropouts need no special
+case and the server never holds a model, a key or an individual update in the clear.
+
+The Flower hooks (``configure_train``, ``aggregate_train``, ``configure_evaluate``,
+``aggregate_evaluate``, ``summary``) follow :class:`flwr.serverapp.strategy.Strategy`; ``start``
+is overridden for what Flower's loop lacks: the hospitals' size query, adding replies in place
+as they arrive, a checkpoint after every round, resume, pause and early stop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from pipeline.errors import RunFailed
+from pipeline.flower import messages as M
+from pipeline.outputs.console import progress_line
+from pipeline.outputs.recorder import RunRecorder
+from pipeline.secagg import aggregates
+from pipeline.secagg.aggregates import Aggregate
+from pipeline.secagg.params import num_chunks
+from pipeline.secagg.server_sum import CiphertextSum, PlainSum, new_sum
+from pipeline.secagg.wire import Payload
+from strategies.aggregation import weighted_mean
+from strategies.server_optimizers import ServerOptimizer
+
+log = logging.getLogger("fedmed.server")
+POLL_SECONDS = 0.05
+EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+
+@dataclass
+class Site:
+    """What the server knows about one hospital's node."""
+
+    node_id: int
+    hospital: int
+    num_train: int
+    num_params: int
+    synced_round: int = 0
+    epsilon: float = 0.0
+    out_of_budget: bool = False
+
+
+@dataclass
+class RoundTally:
+    """One training round as the replies come in: the running sum and what the metrics need."""
+
+    round: int
+    total: PlainSum | CiphertextSum
+    weight: float = 0.0
+    count: int = 0
+    seen: set[int] = field(default_factory=set)
+    losses: list[tuple[float, int]] = field(default_factory=list)
+    bytes_up: list[int] = field(default_factory=list)
+    encode_seconds: list[float] = field(default_factory=list)
+    clipped: list[float] = field(default_factory=list)
+    out_of_budget: int = 0
+    dropped: list[int] = field(default_factory=list)
+    aggregate_seconds: float = 0.0
+    bytes_down: list[int] = field(default_factory=list)
+
+
+class SecureFedAvg(Strategy):
+    """Example-weighted FedAvg over (CKKS-encrypted) updates, added in place as they arrive.
+
+    Args:
+        num_hospitals: hospitals the run waits for at start.
+        min_hospitals: usable updates a round needs; with fewer the run stops with the last good model.
+        server_context: the parameters-only CKKS context (no key); ``None`` for plaintext updates.
+        encryption: the ``encryption`` config group (packing layout), with ``server_context``.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_hospitals: int = 3,
+        min_hospitals: int = 2,
+        server_context: bytes | None = None,
+        encryption: Any = None,
+    ) -> None:
+        if min_hospitals < 1 or num_hospitals < min_hospitals:
+            raise ValueError("min_hospitals should be between 1 and num_hospitals.")
+        if server_context is not None and encryption is None:
+            raise ValueError("An encrypted aggregation needs the encryption settings (packing layout).")
+        self.num_hospitals = int(num_hospitals)
+        self.min_hospitals = int(min_hospitals)
+        self.server_context = server_context
+        self.encryption = encryption
+        self.server_optimizer = ServerOptimizer()
+        self.sites: dict[int, Site] = {}
+        self.num_params = 0
+        self.n_ref = 0
+        self.shape: tuple[int, int, int] | None = None
+        self.status, self.stop_reason = "completed", ""
+        self.rows: list[dict[str, Any]] = []
+        self._tally: RoundTally | None = None
+
+    # --- Flower's hooks --------------------------------------------------------------------
+    def summary(self) -> None:
+        """Log the strategy's settings."""
+        log.info(
+            "%s: example-weighted FedAvg over %s updates, added in place; server step %s; min_hospitals=%d",
+            type(self).__name__,
+            "CKKS-encrypted" if self.server_context is not None else "plaintext",
+            self.server_optimizer.spec(),
+            self.min_hospitals,
+        )
+
+    def train_config(self, server_round: int) -> dict[str, Any]:
+        """What every hospital is told for training round ``server_round`` (subclasses add to it)."""
+        return {
+            M.ROUND: server_round,
+            M.N_REF: self.n_ref,
+            M.SERVER_OPTIMIZER: json.dumps(self.server_optimizer.spec()),
+        }
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """One train message per hospital; those that missed the last aggregate get it attached.
+
+        ``arrays`` is the last aggregate as :meth:`aggregate_train` returned it (empty in round 1).
+        """
+        previous = Aggregate.from_record(arrays) if len(arrays) else None
+        chunks = num_chunks(self.num_params, self.encryption) if self.server_context is not None else 0
+        self._tally = RoundTally(
+            server_round, new_sum(size=self.num_params, server_context=self.server_context, num_chunks=chunks)
+        )
+        conf = {**dict(config), **self.train_config(server_round)}
+        out = []
+        for node, site in self.sites.items():
+            # Hospitals that already applied the last aggregate (during evaluation) need no payload.
+            agg = previous if previous is not None and site.synced_round < previous.round else None
+            out.append(Message(content=self._content(conf, agg), message_type=M.TRAIN, dst_node_id=node))
+            self._tally.bytes_down.append(agg.payload.nbytes if agg else 0)
+        return out
+
+    def add_train_reply(self, node: int, reply: Message) -> None:
+        """Check one training reply and add its update to the round's sum (or drop it, naming why)."""
+        tally = self._tally
+        if tally is None:
+            raise RuntimeError("configure_train must run before replies are added")
+        problem = self._train_reply_problem(node, reply, tally)
+        if problem:
+            log.warning("round %d: dropped the reply of %s: %s", tally.round, self._name(node), problem)
+            tally.dropped.append(node)
+            return
+        c = reply.content[M.CONFIG]
+        tally.seen.add(node)
+        site = self.sites[node]
+        site.epsilon = float(c.get(M.EPSILON, 0.0))
+        if bool(c[M.OUT_OF_BUDGET]):
+            site.out_of_budget = True
+            tally.out_of_budget += 1
+            log.info(
+                "round %d: %s is out of privacy budget (epsilon %.3f)", tally.round, self._name(node), site.epsilon
+            )
+            return
+        payload = Payload.get(reply.content)
+        problem = "no update attached" if payload is None else tally.total.problem(payload)
+        if problem:
+            log.warning("round %d: dropped the reply of %s: %s", tally.round, self._name(node), problem)
+            tally.dropped.append(node)
+            return
+        t0 = time.perf_counter()
+        tally.total.add(payload)
+        tally.aggregate_seconds += time.perf_counter() - t0
+        tally.weight += float(c[M.WEIGHT])
+        tally.count += 1
+        m = reply.content[M.METRICS]
+        tally.losses.append((float(m[M.TRAIN_LOSS]), site.num_train))
+        tally.bytes_up.append(payload.nbytes)
+        tally.encode_seconds.append(float(m[M.ENCODE_SECONDS]))
+        tally.clipped.append(float(m.get(M.CLIPPED_FRACTION, 0.0)))
+
+    def _train_reply_problem(self, node: int, reply: Message, tally: RoundTally) -> str | None:
+        if reply.has_error():
+            reason = reply.error.reason.strip().splitlines()[-1] if reply.error.reason else "error"
+            return f"it failed ({reason})"
+        c = reply.content[M.CONFIG]
+        if M.PROBLEM in c:
+            return str(c[M.PROBLEM])
+        if node not in self.sites:
+            return "unknown node"
+        if node in tally.seen:
+            return "duplicate reply"
+        if int(c[M.ROUND]) != tally.round:
+            return f"stale round number {c[M.ROUND]} (current {tally.round})"
+        return None
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Add any replies not yet added, then return the round's sum and its training metrics.
+
+        The sum comes back as an ArrayRecord (:meth:`Aggregate.to_record`): ciphertexts with
+        encryption on, never anything the server could read otherwise. ``None`` when no update
+        was usable.
+        """
+        tally = self._tally
+        if tally is None or tally.round != server_round:
+            raise RuntimeError(f"configure_train was not called for round {server_round}")
+        for reply in replies:
+            self.add_train_reply(reply.metadata.src_node_id, reply)
+        metrics = MetricRecord(
+            {
+                "hospitals": tally.count,
+                "train_loss": weighted_mean(tally.losses),
+                "bytes_up": float(np.mean(tally.bytes_up)) if tally.bytes_up else 0.0,
+                "bytes_down": float(np.mean(tally.bytes_down)) if tally.bytes_down else 0.0,
+                "aggregate_seconds": tally.aggregate_seconds,
+                "encode_seconds": float(np.mean(tally.encode_seconds)) if tally.encode_seconds else 0.0,
+                "clipped_fraction": float(np.mean(tally.clipped)) if tally.clipped else 0.0,
+                "dropped": len(tally.dropped),
+                "out_of_budget": tally.out_of_budget,
+                "epsilon_max": max((s.epsilon for s in self.sites.values()), default=0.0),
+            }
+        )
+        if tally.count == 0:
+            return None, metrics
+        agg = Aggregate(server_round, tally.total.result(), tally.weight, tally.count, self.server_optimizer.spec())
+        return agg.to_record(), metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send the round's new aggregate to every hospital: each applies it and evaluates locally."""
+        agg = Aggregate.from_record(arrays)
+        conf = {**dict(config), M.ROUND: server_round, M.SERVER_OPTIMIZER: json.dumps(agg.server_optimizer)}
+        return [
+            Message(content=self._content(conf, agg), message_type=M.EVALUATE, dst_node_id=node) for node in self.sites
+        ]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Validation metrics weighted by each hospital's validation-set size; notes each hospital's model round."""
+        results: list[tuple[dict, int]] = []
+        decode: list[float] = []
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                log.warning("round %d: %s failed to evaluate: %s", server_round, self._name(node), reply.error.reason)
+                continue
+            c = reply.content[M.CONFIG]
+            if M.PROBLEM in c:
+                log.warning("round %d: %s: %s", server_round, self._name(node), c[M.PROBLEM])
+                continue
+            if node in self.sites:
+                self.sites[node].synced_round = int(c[M.MODEL_ROUND])
+            m = dict(reply.content[M.METRICS])
+            results.append((m, int(m[M.NUM_VAL])))
+            decode.append(float(m[M.DECODE_SECONDS]))
+        if not results:
+            return None
+        out = {key: weighted_mean([(m[key], n) for m, n in results]) for key in M.VAL_METRICS}
+        out[M.DECODE_SECONDS] = float(np.mean(decode))
+        return MetricRecord(out)
+
+    # --- the loop --------------------------------------------------------------------------
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord | None = None,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: EvaluateFn | None = None,
+        *,
+        recorder: RunRecorder | None = None,
+        resume: bool = False,
+        stop_after: int | None = None,
+    ) -> Result:
+        """Query the hospitals, then rounds of train -> add -> evaluate, with a checkpoint after each.
+
+        Args:
+            grid: Flower's grid (simulation or deployment).
+            initial_arrays: ignored: round 1 starts from the public initial weights every hospital builds.
+            num_rounds: rounds of the whole run (a resumed run continues to this round).
+            timeout: seconds to wait for the replies of each exchange.
+            train_config: extra keys for every train message.
+            evaluate_config: extra keys for every evaluate message.
+            evaluate_fn: server-side evaluation of each round's aggregate (plaintext runs only).
+            recorder: the run folder: each round's aggregate, metrics row and checkpoint go there.
+            resume: continue after the recorder's last checkpoint.
+            stop_after: pause after this round (``status: paused``).
+        """
+        self.summary()
+        train_config = train_config or ConfigRecord()
+        evaluate_config = evaluate_config or ConfigRecord()
+        result = Result()
+        self.query(grid, timeout)
+        first, arrays = 1, ArrayRecord()
+        if resume:
+            if recorder is None:
+                raise ValueError("resume needs the run folder's recorder")
+            first, arrays = self._resume(recorder, evaluate_fn)
+        for rnd in range(first, num_rounds + 1):
+            t0 = time.perf_counter()
+            self._exchange(grid, self.configure_train(rnd, arrays, train_config, grid), timeout, self.add_train_reply)
+            agg_arrays, train_metrics = self.aggregate_train(rnd, [])
+            row: dict[str, Any] = {"round": rnd, **dict(train_metrics or {})}
+            if agg_arrays is None or row["hospitals"] < self.min_hospitals:
+                why = f"round {rnd}: {row['hospitals']} usable update(s), fewer than federation.min_hospitals"
+                why += f"={self.min_hospitals}"
+                if row["out_of_budget"]:
+                    why += f" ({row['out_of_budget']} hospital(s) out of privacy budget)"
+                if not len(arrays):
+                    raise RunFailed(why)
+                self.status, self.stop_reason = "stopped_early", why
+                log.warning("stopping early: %s", why)
+                break
+            result.arrays, result.train_metrics_clientapp[rnd] = agg_arrays, train_metrics
+            agg = Aggregate.from_record(agg_arrays)
+            if recorder is not None:
+                aggregates.save(recorder.dir, agg)
+            replies = self._exchange(grid, self.configure_evaluate(rnd, agg_arrays, evaluate_config, grid), timeout)
+            evaluated = self.aggregate_evaluate(rnd, replies)
+            if evaluated is not None:
+                result.evaluate_metrics_clientapp[rnd] = evaluated
+                row.update(dict(evaluated))
+            row["bytes_down"] += agg.payload.nbytes
+            if evaluate_fn is not None:
+                server_metrics = evaluate_fn(rnd, agg_arrays)
+                if server_metrics is not None:
+                    result.evaluate_metrics_serverapp[rnd] = server_metrics
+                    row.update(dict(server_metrics))
+            row["seconds"] = time.perf_counter() - t0
+            self.rows.append(row)
+            if recorder is not None:
+                recorder.add_round(row)
+                recorder.write_checkpoint({"completed_round": rnd, "rounds": num_rounds, "num_params": self.num_params})
+            arrays = agg_arrays
+            log.info(progress_line(row, num_rounds))
+            if stop_after == rnd and rnd < num_rounds:
+                self.status = "paused"
+                break
+        return result
+
+    def query(self, grid: Grid, timeout: float) -> None:
+        """Learn each hospital's training-set size, data shape and model size (no data leave)."""
+        nodes = self._wait_for_nodes(grid, timeout)
+        messages = [
+            Message(content=RecordDict({M.CONFIG: ConfigRecord({})}), message_type=M.QUERY, dst_node_id=n)
+            for n in nodes
+        ]
+        for reply in self._exchange(grid, messages, timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                log.warning("node %d failed the size query: %s", node, reply.error.reason)
+                continue
+            c = reply.content[M.CONFIG]
+            self.sites[node] = Site(node, int(c[M.HOSPITAL]), int(c[M.NUM_TRAIN]), int(c[M.NUM_PARAMS]))
+            self.shape = (int(c[M.CHANNELS]), int(c[M.NUM_CLASSES]), int(c[M.IMAGE_SIZE]))
+        if len(self.sites) < self.min_hospitals:
+            raise RunFailed(f"only {len(self.sites)} hospital(s) answered the size query")
+        sizes = {s.num_params for s in self.sites.values()}
+        if len(sizes) != 1:
+            raise RunFailed(f"hospitals disagree on the model size {sorted(sizes)}: they run different configs")
+        self.num_params = sizes.pop()
+        self.n_ref = max(s.num_train for s in self.sites.values())
+        log.info(
+            "%d hospitals, training images %s, model %d parameters",
+            len(self.sites),
+            [s.num_train for s in self.sites.values()],
+            self.num_params,
+        )
+
+    def run_summary(self, seconds: float) -> dict[str, Any]:
+        """The federated facts of the run for summary.json (the ServerApp adds the config's)."""
+        rows = self.rows
+        up = [r["bytes_up"] for r in rows]
+        down = [r["bytes_down"] for r in rows]
+        return {
+            "status": self.status,
+            "stop_reason": self.stop_reason,
+            "num_hospitals": len(self.sites),
+            "rounds_completed": len(rows),
+            "num_params": self.num_params,
+            "final_validation": {k: rows[-1].get(k) for k in M.VAL_METRICS} if rows else None,
+            "epsilon": {str(s.hospital): s.epsilon for s in self.sites.values()},
+            "bytes_up_total": float(sum(up)) * len(self.sites),
+            "bytes_down_total": float(sum(down)) * len(self.sites),
+            "bytes_per_param_up": float(np.mean(up)) / self.num_params if up else None,
+            "bytes_per_param_down": float(np.mean(down)) / self.num_params if down else None,
+            "seconds": seconds,
+            "last_aggregate_round": int(rows[-1]["round"]) if rows else 0,
+            "server_optimizer": self.server_optimizer.spec(),
+        }
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _content(self, conf: dict[str, Any], agg: Aggregate | None) -> RecordDict:
+        content = RecordDict({M.CONFIG: ConfigRecord(dict(conf))})
+        if agg is not None:
+            content[M.CONFIG][M.AGG_ROUND] = agg.round
+            content[M.CONFIG][M.TOTAL_WEIGHT] = agg.total_weight
+            content[M.CONFIG][M.COUNT] = agg.count
+            agg.payload.put(content)
+        return content
+
+    def _name(self, node: int) -> str:
+        site = self.sites.get(node)
+        return f"hospital {site.hospital} (node {node})" if site else f"node {node}"
+
+    def _wait_for_nodes(self, grid: Grid, timeout: float) -> list[int]:
+        deadline = time.monotonic() + timeout
+        nodes = list(grid.get_node_ids())
+        while len(nodes) < self.num_hospitals and time.monotonic() < deadline:
+            time.sleep(0.5)
+            nodes = list(grid.get_node_ids())
+        if len(nodes) < self.min_hospitals:
+            raise RunFailed(f"only {len(nodes)} hospital(s) connected; federation.min_hospitals={self.min_hospitals}")
+        return nodes[: self.num_hospitals]
+
+    def _exchange(
+        self,
+        grid: Grid,
+        messages: Iterable[Message],
+        timeout: float,
+        on_reply: Callable[[int, Message], None] | None = None,
+    ) -> list[Message]:
+        """Send ``messages``; hand each reply to ``on_reply(node, reply)`` as it arrives; return all replies.
+
+        Nodes that do not answer within ``timeout`` seconds are named in the log and left out.
+        """
+        messages = list(messages)
+        ids = grid.push_messages(messages)
+        pending = {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True)}
+        replies: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for reply in grid.pull_messages(list(pending)):
+                node = pending.pop(reply.metadata.reply_to_message_id, None)
+                if node is None:
+                    continue
+                replies.append(reply)
+                if on_reply is not None:
+                    on_reply(node, reply)
+            if pending:
+                time.sleep(POLL_SECONDS)
+        for node in pending.values():
+            log.warning("%s did not reply within %gs; carrying on without it", self._name(node), timeout)
+        return replies
+
+    def _resume(self, recorder: RunRecorder, evaluate_fn: EvaluateFn | None) -> tuple[int, ArrayRecord]:
+        """Continue after the last completed round of the recorder's run folder."""
+        done = int(recorder.read_checkpoint()["completed_round"])
+        aggs = aggregates.load_all(recorder.dir)[:done]
+        if len(aggs) < done:
+            raise RunFailed(f"{recorder.dir}: the checkpoint says round {done}, but only {len(aggs)} aggregates exist")
+        recorder.load_rows(done)
+        self.rows = list(recorder.rows)
+        if evaluate_fn is not None:  # plaintext: the server-side evaluation catches up with the saved rounds
+            for agg in aggs:
+                evaluate_fn(agg.round, agg.to_record())
+        log.info("resuming %s after round %d", recorder.dir, done)
+        return done + 1, aggs[-1].to_record()

@@ -1,0 +1,204 @@
+"""The hospital ClientApp's handlers, driven directly with a Flower Context (no Ray): fast checks of
+what a hospital sends, what it refuses to send, and how it keeps its state and privacy ledger."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import compose_cfg
+from flwr.app import ConfigRecord, Context, RecordDict
+from omegaconf import OmegaConf
+
+from pipeline.flower import messages as M
+from pipeline.flower.client_app import HospitalClient, OutOfSync
+from pipeline.flower.context import EXPERIMENT_KEY, SECRET_CONTEXT_KEY, STATE_DIR_KEY
+from pipeline.flower.hospital_state import HospitalState
+from pipeline.privacy.ledger import PrivacyLedger
+from pipeline.secagg import keys
+from pipeline.secagg.codec import CkksCodec
+from pipeline.secagg.wire import Payload, digest
+from strategies.server_optimizers import ServerOptimizer
+
+
+def make_cfg(*overrides: str):
+    return compose_cfg(
+        "data=synthetic",
+        "data.num_samples=300",
+        "federation.rounds=2",
+        "train.local_epochs=1",
+        "train.batch_size=32",
+        *overrides,
+    )
+
+
+def make_context(cfg, tmp_path, hospital: int = 0) -> Context:
+    node = {"partition-id": hospital, STATE_DIR_KEY: str(tmp_path / "state")}
+    if cfg.encryption.enabled:
+        secret = tmp_path / "keys" / keys.SECRET_FILE
+        if not secret.exists():
+            keys.write_key_files(cfg.encryption, tmp_path / "keys")
+        node[SECRET_CONTEXT_KEY] = str(secret)
+    return Context(
+        run_id=1,
+        node_id=10 + hospital,
+        node_config=node,
+        state=RecordDict(),
+        run_config={EXPERIMENT_KEY: OmegaConf.to_yaml(cfg)},
+    )
+
+
+def train_message(rnd: int = 1, n_ref: int = 100) -> RecordDict:
+    return RecordDict({M.CONFIG: ConfigRecord({M.ROUND: rnd, M.N_REF: n_ref})})
+
+
+def aggregate_message(rnd: int, values: np.ndarray, total_weight: float, count: int, opt: dict | None = None):
+    conf = {M.ROUND: rnd, M.AGG_ROUND: rnd, M.TOTAL_WEIGHT: total_weight, M.COUNT: count}
+    if opt is not None:
+        conf[M.SERVER_OPTIMIZER] = json.dumps(opt)
+    content = RecordDict({M.CONFIG: ConfigRecord(conf)})
+    Payload(values=values.astype(np.float32)).put(content)
+    return content
+
+
+def test_query_reports_sizes_only(tmp_path):
+    client = HospitalClient(make_context(make_cfg("encryption=none"), tmp_path))
+
+    reply = client.query()[M.CONFIG]
+
+    assert reply[M.NUM_TRAIN] == client.data.num_train > 0
+    assert reply[M.NUM_PARAMS] == 97458
+    assert set(reply.keys()) == {
+        M.HOSPITAL,
+        M.NUM_TRAIN,
+        M.NUM_VAL,
+        M.CHANNELS,
+        M.NUM_CLASSES,
+        M.IMAGE_SIZE,
+        M.NUM_PARAMS,
+    }
+
+
+def test_encrypted_train_reply_carries_ciphertexts_and_epsilon(tmp_path):
+    cfg = make_cfg()  # default: DP-SGD + CKKS
+    context = make_context(cfg, tmp_path)
+    client = HospitalClient(context)
+
+    reply = client.train(train_message(n_ref=client.data.num_train))
+
+    payload = Payload.get(reply)
+    conf = reply[M.CONFIG]
+    assert payload.values is None and len(payload.chunks) == 10  # 97458 values / 5 per slot / 2048 slots
+    assert payload.digest == digest(payload.chunks)
+    assert 0 < conf[M.EPSILON] <= 8.0 and conf[M.OUT_OF_BUDGET] is False
+    assert conf[M.WEIGHT] == pytest.approx(1.0)
+    saved = HospitalState.load(tmp_path / "state" / "hospital_0.npz")
+    assert PrivacyLedger.from_json(saved.ledger, "rdp").steps > 0
+    assert len(context.state) == 0, "nothing of the hospital's state travels in Flower's context"
+
+
+def test_hospital_out_of_budget_does_not_train(tmp_path):
+    cfg = make_cfg("encryption=none")
+    spent = PrivacyLedger("rdp", history=[(0.5, 0.5, 1000)])  # far beyond epsilon 8
+    HospitalState(tmp_path / "state" / "hospital_0.npz", ledger=spent.to_json()).save()
+    client = HospitalClient(make_context(cfg, tmp_path))
+
+    reply = client.train(train_message(n_ref=client.data.num_train))
+
+    assert reply[M.CONFIG][M.OUT_OF_BUDGET] is True
+    assert Payload.get(reply) is None
+    assert reply[M.CONFIG][M.EPSILON] > 8.0
+
+
+def test_non_finite_update_is_refused_before_encrypting(tmp_path, monkeypatch):
+    # Prepare: the default private path (DP-SGD + CKKS); training leaves NaN in the weights
+    cfg = make_cfg()
+    client = HospitalClient(make_context(cfg, tmp_path))
+    real_train = __import__("pipeline.task.training", fromlist=["train_round"]).train_round
+    encrypted: list[int] = []
+
+    def poisoned(cfg, model, *args, **kwargs):
+        stats = real_train(cfg, model, *args, **kwargs)
+        next(model.parameters()).data.view(-1)[0] = float("nan")
+        return stats
+
+    def recording_encode(self, update, rng):
+        encrypted.append(len(update))
+        raise AssertionError("a non-finite update reached the encoder")
+
+    monkeypatch.setattr("pipeline.task.training.train_round", poisoned)
+    monkeypatch.setattr(CkksCodec, "encode", recording_encode)
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match="non-finite"):
+        client.train(train_message(n_ref=client.data.num_train))
+    assert encrypted == []
+
+
+def test_hospital_applies_an_aggregate_once_and_detects_a_gap(tmp_path):
+    cfg = make_cfg("encryption=none", "privacy=none")
+    client = HospitalClient(make_context(cfg, tmp_path))
+    start = client.global_weights().astype(np.float64)
+    step = np.full_like(start, 0.01)
+
+    client.sync(aggregate_message(1, 2.0 * step, total_weight=2.0, count=2))
+    client.sync(aggregate_message(1, 2.0 * step, total_weight=2.0, count=2))  # the same again: no change
+
+    np.testing.assert_allclose(client.global_weights(), start + step, atol=1e-6)
+    assert client.model_round == 1
+    with pytest.raises(OutOfSync):
+        client.sync(aggregate_message(3, step, total_weight=1.0, count=1))
+
+
+def test_state_survives_a_restart_of_the_hospital_process(tmp_path):
+    # Prepare: apply one aggregate and train, then forget everything in memory
+    cfg = make_cfg("encryption=none")
+    client = HospitalClient(make_context(cfg, tmp_path))
+    start = client.global_weights().astype(np.float64)
+    client.sync(aggregate_message(1, np.full_like(start, 0.02), total_weight=1.0, count=1))
+    client.train(train_message(rnd=2, n_ref=client.data.num_train))
+    before = HospitalState.load(tmp_path / "state" / "hospital_0.npz")
+    from pipeline.flower import hospital_state
+
+    hospital_state._CACHE.clear()  # a new process has no cache
+
+    # Execute
+    restarted = HospitalClient(make_context(cfg, tmp_path))
+
+    # Assert
+    assert restarted.model_round == 1
+    np.testing.assert_array_equal(restarted.global_weights(), before.weights)
+    np.testing.assert_allclose(restarted.global_weights(), start + 0.02, atol=1e-6)
+    assert restarted.ledger().steps == PrivacyLedger.from_json(before.ledger, "rdp").steps > 0
+
+
+def test_hospital_applies_the_strategy_server_optimizer_and_keeps_its_state(tmp_path):
+    # Prepare
+    cfg = make_cfg("encryption=none", "privacy=none")
+    client = HospitalClient(make_context(cfg, tmp_path))
+    w0 = client.global_weights().astype(np.float64)
+    adam = ServerOptimizer("fedadam", lr=0.05)
+    rng = np.random.default_rng(0)
+    deltas = [rng.normal(0, 0.01, len(w0)) for _ in range(2)]
+
+    # Execute: two rounds' aggregates (weight 2: the hospital divides the sum by it)
+    for rnd, delta in enumerate(deltas, start=1):
+        client.sync(aggregate_message(rnd, 2.0 * delta, total_weight=2.0, count=2, opt=adam.spec()))
+
+    # Assert: the same as two Adam steps from w0 (float32 copies, so float32 tolerance)
+    expected, state = w0, {}
+    for delta in deltas:
+        expected, state = adam.step(expected, (2.0 * delta).astype(np.float32).astype(np.float64) / 2.0, state)
+    np.testing.assert_allclose(client.global_weights(), expected, rtol=0, atol=1e-6)
+    saved = HospitalState.load(tmp_path / "state" / "hospital_0.npz")
+    assert set(saved.optimizer) == {"m", "v", "t"} and int(saved.optimizer["t"][0]) == 2
+
+
+def test_missing_state_dir_is_refused_with_its_name(tmp_path):
+    cfg = make_cfg("encryption=none")
+    context = make_context(cfg, tmp_path)
+    del context.node_config[STATE_DIR_KEY]
+
+    with pytest.raises(ValueError, match=STATE_DIR_KEY):
+        HospitalClient(context)
