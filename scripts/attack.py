@@ -1,4 +1,4 @@
-"""Privacy attacks on a finished run (thin wrapper around :func:`pipeline.attacks.main`).
+"""Privacy attacks on a finished run (thin wrapper around :func:`pipeline.analysis.attacks.cli.main`).
 
     python scripts/attack.py RUN_DIR [--batch-size 4] [--iterations 1000] [--tv 0.3] [--seed 0]
                                      [--hospital 0] [--data-root DIR] [--device cpu] [--skip inversion|membership]
@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from pipeline.analysis.attacks.core import main  # noqa: E402
+from pipeline.analysis.attacks.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

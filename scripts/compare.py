@@ -1,4 +1,4 @@
-"""Compare finished runs (thin wrapper around :func:`pipeline.compare.main`).
+"""Compare finished runs (thin wrapper around :func:`pipeline.analysis.compare.cli.main`).
 
     python scripts/compare.py RUN_OR_MULTIRUN_DIR [...] [--out comparison] [--skip-incomplete]
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from pipeline.analysis.compare.core import main  # noqa: E402
+from pipeline.analysis.compare.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

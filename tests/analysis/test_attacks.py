@@ -1,4 +1,4 @@
-"""Privacy attacks (pipeline/attacks.py): gradient inversion without DP, with DP and against ciphertexts,
+"""Privacy attacks (pipeline.analysis.attacks): gradient inversion without DP, with DP and against ciphertexts,
 membership inference, and the command line on a small run folder. Tiny models, a few hundred iterations."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from models.builders import cnn
-from pipeline.analysis.attacks import core as A
+from pipeline.analysis import attacks as A
 from pipeline.config import compose
 from pipeline.privacy.plan import DPPlan
 

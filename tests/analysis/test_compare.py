@@ -1,4 +1,4 @@
-"""Run comparison (pipeline.compare, scripts/compare.py) and run provenance (pipeline.provenance).
+"""Run comparison (pipeline.analysis.compare, scripts/compare.py) and run provenance (pipeline.outputs.provenance).
 
 The e2e tests make two tiny real runs (DP-SGD at epsilon 3 and 8, a real Flower simulation each)
 and compare them through the user's command. The other tests compare hand-made run folders, no
@@ -25,7 +25,8 @@ matplotlib.use("Agg")
 import matplotlib.image as mpimg  # noqa: E402
 from conftest import ROOT  # noqa: E402
 
-from pipeline.analysis.compare import core as compare
+from pipeline.analysis import compare
+from pipeline.config.tree import flatten  # noqa: E402
 from pipeline.outputs import provenance  # noqa: E402
 
 SCRIPT = ROOT / "scripts" / "compare.py"
@@ -254,11 +255,11 @@ def test_differing_keys_finds_nested_changes_and_ignores_paths_and_hydra():
 
 def test_differing_keys_counts_missing_keys_but_not_switched_off_groups():
     a, b = config(), config(**{"privacy.enabled": False, "privacy.epsilon": 1.0, "federation.extra": 1})
-    masked = [compare.mask_inactive(compare.flatten(c)) for c in (a, b)]
+    masked = [compare.mask_inactive(flatten(c)) for c in (a, b)]
 
     assert compare.differing_keys(masked) == ["privacy.enabled", "federation.extra"]
     c = config(**{"privacy.epsilon": 3.0})
-    masked.append(compare.mask_inactive(compare.flatten(c)))
+    masked.append(compare.mask_inactive(flatten(c)))
     assert compare.differing_keys(masked) == ["privacy.enabled", "privacy.epsilon", "federation.extra"]
 
 

@@ -202,3 +202,22 @@ def test_missing_state_dir_is_refused_with_its_name(tmp_path):
 
     with pytest.raises(ValueError, match=STATE_DIR_KEY):
         HospitalClient(context)
+
+
+def test_evaluate_reply_holds_metrics_only(tmp_path):
+    # Prepare: a hospital that applies an encrypted aggregate, then evaluates
+    cfg = make_cfg()
+    client = HospitalClient(make_context(cfg, tmp_path))
+    trained = client.train(train_message(n_ref=client.data.num_train))
+    content = RecordDict({M.CONFIG: ConfigRecord({M.ROUND: 1, M.AGG_ROUND: 1, M.TOTAL_WEIGHT: 1.0, M.COUNT: 1})})
+    Payload.get(trained).put(content)
+
+    # Execute
+    reply = client.evaluate(content)
+
+    # Assert: no arrays, no ciphertext, no decrypted vector goes back to the server
+    assert set(reply.keys()) == {M.CONFIG, M.METRICS}
+    assert len(reply.array_records) == 0
+    assert set(reply[M.CONFIG].keys()) == {M.ROUND, M.MODEL_ROUND}
+    assert set(reply[M.METRICS].keys()) == {*M.VAL_METRICS, M.DECODE_SECONDS, M.NUM_VAL}
+    assert client.model_round == 1

@@ -1,0 +1,97 @@
+"""The numbers of one run: test metrics, epsilon, rounds, time, bytes and encryption overhead from
+``summary.json`` and ``metrics.csv``, and the attack scores from ``attack/report.json`` when the
+run was attacked (``scripts/attack.py``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pipeline.analysis.compare.runs import Run
+
+METRIC_COLUMNS = [
+    "test_auc",
+    "test_accuracy",
+    "test_mcc",
+    "epsilon",
+    "rounds",
+    "seconds",
+    "bytes_up_per_round",
+    "bytes_down_per_round",
+    "encryption_overhead_pct",
+    "attack_ssim_plaintext",
+    "attack_ssim_dp",
+    "mia_auc",
+]
+ATTACK_REPORT = Path("attack") / "report.json"  # written by scripts/attack.py
+ATTACK_COLUMNS = ("attack_ssim_plaintext", "attack_ssim_dp", "mia_auc")
+
+
+def mean_present(values: Iterable[float | None]) -> float | None:
+    """Mean of the values that are not ``None``; ``None`` when there are none."""
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def max_epsilon(summary: dict[str, Any]) -> float | None:
+    """Largest epsilon spent by any hospital; ``None`` without DP."""
+    eps = summary.get("epsilon") or {}
+    values = [float(v) for v in eps.values() if v is not None] if isinstance(eps, dict) else []
+    return max(values) if values else None
+
+
+def run_metrics(run: Run) -> dict[str, float | int | None]:
+    """The metric columns of one run (see :data:`METRIC_COLUMNS`)."""
+    test = run.summary.get("test") or {}
+    rows = run.rows
+    overhead = None
+    per_round = [
+        sum(r[k] for k in ("aggregate_seconds", "encode_seconds", "decode_seconds") if r.get(k) is not None)
+        for r in rows
+        if any(r.get(k) is not None for k in ("aggregate_seconds", "encode_seconds", "decode_seconds"))
+    ]
+    seconds = mean_present(r.get("seconds") for r in rows)
+    if per_round and seconds:
+        overhead = 100.0 * (sum(per_round) / len(per_round)) / seconds
+    rounds = run.summary.get("rounds_completed")
+    attack = attack_metrics(run.path)
+    return {
+        "test_auc": test.get("auc"),
+        "test_accuracy": test.get("accuracy"),
+        "test_mcc": test.get("mcc"),
+        "epsilon": max_epsilon(run.summary),
+        "rounds": int(rounds) if rounds is not None else (len(rows) or None),
+        "seconds": run.summary.get("seconds"),
+        "bytes_up_per_round": mean_present(r.get("bytes_up") for r in rows),
+        "bytes_down_per_round": mean_present(r.get("bytes_down") for r in rows),
+        "encryption_overhead_pct": overhead,
+        **attack,
+    }
+
+
+def attack_metrics(folder: Path) -> dict[str, float | None]:
+    """SSIM of the inversion attack (plaintext, DP) and membership-inference AUC, when attacked."""
+    try:
+        report = json.loads((folder / ATTACK_REPORT).read_text())
+    except (OSError, ValueError):
+        report = {}
+    inversion, membership = report.get("inversion") or {}, report.get("membership") or {}
+    return {
+        "attack_ssim_plaintext": (inversion.get("plaintext") or {}).get("ssim"),
+        "attack_ssim_dp": (inversion.get("dp") or {}).get("ssim"),
+        "mia_auc": membership.get("auc"),
+    }
+
+
+def is_encrypted(run: Run) -> bool:
+    """Whether ``run`` encrypted its updates (``summary.json``, else its config)."""
+    if "encrypted" in run.summary:
+        return bool(run.summary["encrypted"])
+    return bool(run.config.get("encryption.enabled"))
+
+
+def is_private(run: Run) -> bool:
+    """Whether ``run`` used DP (its config enables privacy, or it spent some epsilon)."""
+    return bool(run.config.get("privacy.enabled")) or max_epsilon(run.summary) is not None
