@@ -41,26 +41,24 @@ class SecureFedAdam(SecureFedAvg):
         **kwargs: :class:`SecureFedAvg`'s.
     """
 
+    rule = "fedadam"
+
     def __init__(
         self, *, eta: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.99, tau: float = 1e-3, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        self.server_optimizer = ServerOptimizer("fedadam", lr=eta, beta_1=beta_1, beta_2=beta_2, tau=tau)
+        self.server_optimizer = ServerOptimizer(self.rule, lr=eta, beta_1=beta_1, beta_2=beta_2, tau=tau)
 
 
-class SecureFedYogi(SecureFedAvg):
-    """FedYogi (Reddi et al. 2021), applied by the hospitals.
+class SecureFedYogi(SecureFedAdam):
+    """FedYogi (Reddi et al. 2021), applied by the hospitals: FedAdam's settings, Yogi's second moment.
 
     Args:
-        eta: server learning rate.
-        beta_1: first-moment decay.
-        beta_2: second-moment decay.
-        tau: adaptivity added to the root of the second moment.
-        **kwargs: :class:`SecureFedAvg`'s.
+        eta: server learning rate (Flower's FedYogi default, 0.01).
+        **kwargs: :class:`SecureFedAdam`'s other settings and :class:`SecureFedAvg`'s.
     """
 
-    def __init__(
-        self, *, eta: float = 0.01, beta_1: float = 0.9, beta_2: float = 0.99, tau: float = 1e-3, **kwargs: Any
-    ) -> None:
-        super().__init__(**kwargs)
-        self.server_optimizer = ServerOptimizer("fedyogi", lr=eta, beta_1=beta_1, beta_2=beta_2, tau=tau)
+    rule = "fedyogi"
+
+    def __init__(self, *, eta: float = 0.01, **kwargs: Any) -> None:
+        super().__init__(eta=eta, **kwargs)
