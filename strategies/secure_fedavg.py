@@ -263,6 +263,7 @@ class SecureFedAvg(Strategy):
                 continue
             if node in self.sites:
                 self.sites[node].synced_round = int(c[M.MODEL_ROUND])
+                self.sites[node].epsilon = max(self.sites[node].epsilon, float(c.get(M.EPSILON, 0.0)))
             m = dict(reply.content[M.METRICS])
             results.append((m, int(m[M.NUM_VAL])))
             decode.append(float(m[M.DECODE_SECONDS]))
@@ -336,6 +337,7 @@ class SecureFedAvg(Strategy):
                 result.evaluate_metrics_clientapp[rnd] = evaluated
                 row.update(dict(evaluated))
             row["bytes_down"] += agg.payload.nbytes
+            row["epsilon_max"] = max((s.epsilon for s in self.sites.values()), default=0.0)  # evaluation reports too
             if evaluate_fn is not None:
                 server_metrics = evaluate_fn(rnd, agg_arrays)
                 if server_metrics is not None:

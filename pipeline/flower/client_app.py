@@ -212,9 +212,13 @@ class HospitalClient:
         model = self.new_model()
         set_flat(model, self.global_weights())
         m = training.evaluate(model, self.data.val, self.device)
+        plan = plan_for_run(self.cfg, self.data.num_train)
+        # the spending so far, also when a train reply of this hospital was lost or dropped
+        epsilon = self.ledger().epsilon(plan.delta) if plan is not None else 0.0
+        conf = {M.ROUND: int(content[M.CONFIG][M.ROUND]), M.MODEL_ROUND: self.model_round, M.EPSILON: epsilon}
         return RecordDict(
             {
-                M.CONFIG: ConfigRecord({M.ROUND: int(content[M.CONFIG][M.ROUND]), M.MODEL_ROUND: self.model_round}),
+                M.CONFIG: ConfigRecord(conf),
                 M.METRICS: MetricRecord(
                     {
                         "val_loss": m["loss"],

@@ -218,6 +218,7 @@ def test_evaluate_reply_holds_metrics_only(tmp_path):
     # Assert: no arrays, no ciphertext, no decrypted vector goes back to the server
     assert set(reply.keys()) == {M.CONFIG, M.METRICS}
     assert len(reply.array_records) == 0
-    assert set(reply[M.CONFIG].keys()) == {M.ROUND, M.MODEL_ROUND}
+    assert set(reply[M.CONFIG].keys()) == {M.ROUND, M.MODEL_ROUND, M.EPSILON}
+    assert 0 < reply[M.CONFIG][M.EPSILON] <= 8.0  # its spending so far, also if a train reply got lost
     assert set(reply[M.METRICS].keys()) == {*M.VAL_METRICS, M.DECODE_SECONDS, M.NUM_VAL}
     assert client.model_round == 1

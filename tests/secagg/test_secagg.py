@@ -270,14 +270,21 @@ def test_ciphertext_sum_refuses_zero_chunks(keys):
 
 
 def test_fingerprint_identifies_the_parameters(keys):
-    # Prepare
+    # Prepare: the same parameters under a fresh key, and other parameters
     enc, _, server = keys
+    same_parameters = crypto.server_context_bytes(crypto.make_secret_context(enc))
     other = crypto.server_context_bytes(crypto.make_secret_context(_enc(3, "encryption.poly_modulus_degree=8192")))
+    other_scale = crypto.server_context_bytes(
+        crypto.make_secret_context(_enc(3, "encryption.global_scale_bits=15", "encryption.fields_per_slot=4"))
+    )
 
-    # Execute / Assert
-    assert fingerprint(server) == fingerprint(server)
-    assert len(fingerprint(server)) == 16
-    assert fingerprint(server) != fingerprint(other)
+    # Execute
+    prints = [fingerprint(b) for b in (server, same_parameters, other, other_scale)]
+
+    # Assert: it names the parameters (not the key: that is checked by decrypting), 16 hex digits
+    assert prints[0] == prints[1]
+    assert len({prints[0], prints[2], prints[3]}) == 3
+    assert all(len(p) == 16 and int(p, 16) >= 0 for p in prints)
 
 
 # ---------------------------------------------------------------- reply checks

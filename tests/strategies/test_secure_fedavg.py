@@ -101,7 +101,7 @@ class PlainHospital:
         if kind == M.EVALUATE:
             metrics = {"val_loss": 0.5, "val_auc": 0.8, "val_accuracy": 0.7, "val_mcc": 0.4}
             metrics.update({M.DECODE_SECONDS: 0.0, M.NUM_VAL: 10})
-            reply = {M.ROUND: int(conf[M.ROUND]), M.MODEL_ROUND: self.model_round}
+            reply = {M.ROUND: int(conf[M.ROUND]), M.MODEL_ROUND: self.model_round, M.EPSILON: self.epsilon}
             return RecordDict({M.CONFIG: ConfigRecord(reply), M.METRICS: MetricRecord(metrics)})
         self.epsilon += self.eps_step
         weight = self.num_train / float(conf[M.N_REF])
@@ -183,6 +183,20 @@ def test_a_bad_reply_is_dropped_named_and_left_out_of_the_sum(answer, why, caplo
     np.testing.assert_allclose(agg.payload.values / agg.total_weight, (0.1 - 0.2) / 2, rtol=1e-6)
     assert strategy.rows[0]["dropped"] == 1
     assert any("round 1: dropped the reply of hospital 1" in r.message and why in r.message for r in caplog.records)
+
+
+def test_the_spending_of_a_hospital_whose_update_was_dropped_still_counts():
+    # Prepare: hospital 1 trains (spends budget) but its reply is stale, so the update is dropped
+    hospitals = three_hospitals()
+    grid = FakeGrid({**hospitals, 11: replace_train_reply(hospitals[11], 1, lambda m, h: _with(h, **{M.ROUND: 0}))})
+    strategy = SecureFedAvg(num_hospitals=3, min_hospitals=2)
+
+    # Execute
+    strategy.start(grid, num_rounds=1, timeout=5)
+
+    # Assert: its evaluation reply reported the epsilon it spent
+    assert strategy.run_summary(0.0)["epsilon"]["1"] == pytest.approx(1.0)
+    assert strategy.rows[0]["epsilon_max"] == pytest.approx(1.0)
 
 
 def test_a_duplicate_and_an_unknown_node_are_dropped():

@@ -283,13 +283,20 @@ def test_image_dataset_normalises():
     assert int(y) == 1
 
 
-def test_image_dataset_augmentation_keeps_shape():
-    # Prepare
-    images = np.full((2, 1, 28, 28), 128, dtype=np.uint8)
+def test_image_dataset_augmentation_moves_the_image_and_keeps_its_shape():
+    # Prepare: an image with structure (a bright square off-centre), so that an affine move shows
+    images = np.zeros((1, 1, 28, 28), dtype=np.uint8)
+    images[0, 0, 4:12, 16:24] = 255
+    plain = ImageDataset(images, np.array([0]), mean=0.5, std=0.5, augment=False)
+    augmented = ImageDataset(images, np.array([0]), mean=0.5, std=0.5, augment=True)
+    torch.manual_seed(0)
 
-    # Execute
-    x, _ = ImageDataset(images, np.array([0, 1]), mean=0.5, std=0.5, augment=True)[0]
+    # Execute: several draws (each sample is augmented afresh)
+    draws = [augmented[0][0] for _ in range(8)]
 
     # Assert
-    assert x.shape == (1, 28, 28)
-    assert torch.isfinite(x).all()
+    assert all(x.shape == (1, 28, 28) and torch.isfinite(x).all() for x in draws)
+    assert all(torch.equal(plain[0][0], plain[0][0]) for _ in range(2))  # off: always the same tensor
+    moved = [float((x - plain[0][0]).abs().max()) for x in draws]
+    assert max(moved) > 0.5, "augmentation on must change the image"
+    assert len({round(float(x.sum()), 3) for x in draws}) > 1, "each draw is a different transform"
