@@ -72,7 +72,7 @@ def private_run(tmp_path_factory) -> Path:
 
 
 def privacy_cfg(**kw):
-    """A complete ``privacy`` group (DP on, hooks mode) with ``kw`` overriding its values."""
+    """A complete ``privacy`` group (DP on, the default ``bk`` clipping) with ``kw`` overriding its values."""
     base = dict(
         enabled=True,
         epsilon=8.0,
@@ -80,7 +80,7 @@ def privacy_cfg(**kw):
         max_grad_norm=1.0,
         accountant="rdp",
         secure_mode=False,
-        grad_sample_mode="hooks",
+        grad_sample_mode="bk",
         batchnorm="refuse",
     )
     base.update(kw)

@@ -171,6 +171,9 @@ class HospitalClient:
         epochs = int(self.cfg.train.local_epochs)
         mu = float(conf.get(M.PROXIMAL_MU, 0.0))
         stats = training.train_round(self.cfg, model, self.data.train, epochs, self.device, plan, ledger, seed, mu)
+        if ledger is not None:  # charged as soon as it trained, whatever happens to the update next
+            self.state.ledger = ledger.to_json()
+            self.state.save()
         change = get_flat(model).astype(np.float64) - start
         if not np.all(np.isfinite(change)):
             raise ValueError("local training produced non-finite weights; lower train.optimizer.lr")
@@ -182,11 +185,7 @@ class HospitalClient:
         encode_seconds = time.perf_counter() - t0
         from pipeline.secagg.codec import clipped_fraction
 
-        eps = 0.0
-        if ledger is not None:
-            self.state.ledger = ledger.to_json()
-            self.state.save()
-            eps = ledger.epsilon(plan.delta)
+        eps = ledger.epsilon(plan.delta) if ledger is not None else 0.0
         reply.update({M.WEIGHT: weight, M.EPSILON: eps})
         content_out = RecordDict(
             {

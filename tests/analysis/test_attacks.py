@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_ROOT, compose_cfg
+from conftest import DATA_ROOT, compose_cfg, privacy_cfg
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -68,7 +68,7 @@ def inversion_results(xrays):
     model = tiny_cnn()
     scores = {}
     for name, plan in (("plaintext", None), ("dp", noise_plan(1.0))):
-        grad = A.observed_gradient(model, x, y, plan, seed=0)
+        grad = A.observed_gradient(model, x, y, plan, privacy_cfg())
         rec = A.invert_gradients(model, grad, y, tuple(x.shape), iterations=300, tv_weight=0.3, seed=1, bounds=BOUNDS)
         scores[name] = A.image_scores(A.match_to_truth(A.to_unit(rec, MEAN, STD), truth, y), truth)
     rand = A.to_unit(A.random_images(tuple(x.shape), 1, BOUNDS), MEAN, STD)
@@ -91,21 +91,30 @@ def test_inversion_of_a_dp_gradient_is_clearly_worse(inversion_results):
     assert dp["psnr"] < plain["psnr"] - 3
 
 
-def test_dp_gradient_is_clipped_sum_plus_noise_over_batch():
-    model = nn.Linear(3, 2)
-    x, y = torch.randn(4, 3) * 10, torch.tensor([0, 1, 0, 1])
+@pytest.mark.parametrize("mode", ["bk", "hooks"])
+def test_the_attacked_dp_gradient_is_the_pipelines_clipped_sum_plus_noise_over_batch(mode):
+    # Prepare: a layer with thousands of weights, so that the noise's spread is measured to ~2%
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 2))
+    x, y = torch.randn(4, 64) * 10, torch.tensor([0, 1, 0, 1])
+    privacy = privacy_cfg(grad_sample_mode=mode)
     per_sample = A.per_sample_gradients(model, x, y)
     mean_grad = A.batch_gradient(model, x, y)
 
-    noiseless = A.dp_sgd_gradient(per_sample, max_grad_norm=1e9, noise_multiplier=0.0, generator=torch.Generator())
-    clipped = A.dp_sgd_gradient(per_sample, max_grad_norm=0.1, noise_multiplier=0.0, generator=torch.Generator())
-    noisy = A.dp_sgd_gradient(per_sample, max_grad_norm=0.1, noise_multiplier=5.0, generator=torch.Generator())
+    # Execute: the pipeline's own DP step (Opacus's noise, the configured clipping)
+    noiseless = A.dp_step_gradient(model, x, y, noise_plan(0.0, max_grad_norm=1e9), privacy)
+    clipped = A.dp_step_gradient(model, x, y, noise_plan(0.0, max_grad_norm=0.1), privacy)
+    noisy = A.dp_step_gradient(model, x, y, noise_plan(5.0, max_grad_norm=0.1), privacy)
 
+    # Assert
     for a, b in zip(noiseless, mean_grad, strict=True):  # no clipping, no noise: the plain mean gradient
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert torch.sqrt(sum(g.pow(2).sum() for g in clipped)) <= 0.1 + 1e-6  # mean of vectors of norm <= C
-    spread = torch.cat([(n - c).reshape(-1) for n, c in zip(noisy, clipped, strict=True)]).std()
-    assert spread == pytest.approx(5.0 * 0.1 / 4, rel=0.6)  # noise std sigma * C / B
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    norms = torch.stack([g.reshape(4, -1).norm(dim=1) for g in per_sample]).norm(dim=0)
+    assert norms.min() > 0.1  # every sample is clipped, so the mean has norm <= C
+    assert torch.sqrt(sum(g.pow(2).sum() for g in clipped)) <= 0.1 + 1e-6
+    spread = torch.cat([(n - c).reshape(-1) for n, c in zip(noisy, clipped, strict=True)])
+    assert spread.numel() > 4000
+    assert float(spread.std()) == pytest.approx(5.0 * 0.1 / 4, rel=0.06)  # noise std sigma * C / B
 
 
 def test_update_round_trip_gives_back_the_gradient():

@@ -18,8 +18,8 @@ from omegaconf import OmegaConf
 
 from pipeline.errors import ConfigError, DataError
 from pipeline.outputs.recorder import read_metrics
+from pipeline.task import sites
 from pipeline.task.model import build_model, get_flat
-from pipeline.task.sites import test_dataset
 from pipeline.task.training import evaluate
 
 pytestmark = pytest.mark.e2e
@@ -57,7 +57,7 @@ def test_the_reported_test_metrics_are_those_of_the_saved_model(private_run):
     summary = _summary(private_run)
 
     # Execute: evaluate model.pt on the test split ourselves
-    metrics = evaluate(model, test_dataset(cfg), torch.device("cpu"))
+    metrics = evaluate(model, sites.test_dataset(cfg), torch.device("cpu"))
 
     # Assert: the consortium tested this very model, and it learned something
     assert summary["test_evaluated_by"].startswith("consortium")

@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 
 from pipeline.outputs.recorder import read_metrics
 from pipeline.secagg import aggregates
+from pipeline.task import sites
 from pipeline.task.model import build_model, get_flat, set_flat
-from pipeline.task.sites import test_dataset
 from pipeline.task.training import evaluate
 
 pytestmark = pytest.mark.e2e
@@ -78,7 +78,7 @@ def test_too_few_replies_stop_the_run_with_the_last_good_model(tmp_path):
     (first,) = aggregates.load_all(run_dir)
     model = build_model(cfg, 1, 2, 28)
     set_flat(model, (get_flat(model) + first.payload.values / first.total_weight).astype(np.float32))
-    assert result["test"]["auc"] == pytest.approx(evaluate(model, test_dataset(cfg), torch.device("cpu"))["auc"])
+    assert result["test"]["auc"] == pytest.approx(evaluate(model, sites.test_dataset(cfg), torch.device("cpu"))["auc"])
     saved = torch.load(run_dir / "model.pt")
     assert all(torch.allclose(saved[k], v, atol=1e-6) for k, v in model.state_dict().items())
 

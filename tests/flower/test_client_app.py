@@ -134,6 +134,9 @@ def test_non_finite_update_is_refused_before_encrypting(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="non-finite"):
         client.train(train_message(n_ref=client.data.num_train))
     assert encrypted == []
+    # it trained on its data, so the round is charged to its budget all the same (conservative)
+    saved = HospitalState.load(tmp_path / "state" / "hospital_0.npz")
+    assert PrivacyLedger.from_json(saved.ledger, "rdp").steps > 0
 
 
 def test_hospital_applies_an_aggregate_once_and_detects_a_gap(tmp_path):

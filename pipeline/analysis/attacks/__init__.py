@@ -55,7 +55,7 @@ from pipeline.analysis.attacks.cli import main, parse_args
 from pipeline.analysis.attacks.encrypted import EncryptedView, encrypted_view
 from pipeline.analysis.attacks.gradients import (
     batch_gradient,
-    dp_sgd_gradient,
+    dp_step_gradient,
     gradient_from_update,
     observed_gradient,
     per_sample_gradients,
@@ -98,7 +98,7 @@ __all__ = [
     "attack_run",
     "batch_gradient",
     "cosine_gradient_loss",
-    "dp_sgd_gradient",
+    "dp_step_gradient",
     "encrypted_view",
     "gradient_from_update",
     "image_scores",

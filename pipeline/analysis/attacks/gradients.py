@@ -3,17 +3,22 @@ weighted update the server receives, turned back into that gradient.
 
 Without DP and encryption the server receives the float32 update ``(n_k / n_ref) * (w_local -
 w_global)``; for one SGD step this is a known scale of the batch gradient, which the attacker
-divides back out. With DP-SGD (as in Opacus's ``DPOptimizer``) each per-sample gradient is clipped
-to ``max_grad_norm``, summed, noised with std ``noise_multiplier * max_grad_norm`` and divided by
-the batch size.
+divides back out. With DP-SGD, the attacked gradient is the one the pipeline's own DP step takes
+(:func:`dp_step_gradient`): per-sample gradients clipped to ``max_grad_norm``, summed, noised with
+std ``noise_multiplier * max_grad_norm`` and divided by the batch size.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from pipeline.privacy.plan import DPPlan
 
@@ -38,50 +43,54 @@ def per_sample_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
     return [torch.stack(gs) for gs in zip(*grads, strict=True)]
 
 
-def dp_sgd_gradient(
-    per_sample: list[torch.Tensor], max_grad_norm: float, noise_multiplier: float, generator: torch.Generator
+def dp_step_gradient(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, plan: DPPlan, privacy: DictConfig
 ) -> list[torch.Tensor]:
-    """The gradient one DP-SGD step uses, computed as Opacus's ``DPOptimizer`` does.
+    """The gradient one DP-SGD step of the pipeline itself uses on the batch ``(x, y)``.
 
-    Each sample's gradient (over all parameters) is scaled by ``min(1, C / (||g_i|| + 1e-6))``, the
-    clipped gradients are summed, Gaussian noise of std ``noise_multiplier * C`` is added to every
-    coordinate, and the sum is divided by the batch size (Opacus: the expected batch size; for the
-    attacked step, the batch it drew).
+    Not a re-implementation: a copy of ``model`` is wrapped by :func:`pipeline.privacy.engine.make_private`
+    with the run's clipping mode, noise multiplier and clipping norm (the batch is the whole data
+    set, sampling rate 1), takes one SGD step of learning rate 1, and the step it took is the
+    gradient: clipped per-sample gradients summed, Gaussian noise of std ``noise_multiplier * C``,
+    divided by the batch size.
     """
-    batch = per_sample[0].shape[0]
-    norms = torch.stack([g.reshape(batch, -1).norm(dim=1) for g in per_sample]).norm(dim=0)
-    factor = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-    std = noise_multiplier * max_grad_norm
-    out = []
-    for g in per_sample:
-        summed = torch.einsum("b,b...->...", factor, g)
-        noise = torch.normal(0.0, std, size=summed.shape, generator=generator, dtype=summed.dtype)  # CPU generator
-        noise = noise.to(summed.device)
-        out.append((summed + noise) / batch)
-    return out
+    from pipeline.privacy.engine import make_private
+    from pipeline.privacy.ledger import PrivacyLedger
+
+    local = copy.deepcopy(model).train()
+    before = [p.detach().clone() for p in trainable_params(local)]
+    step_plan = dataclasses.replace(plan, sample_rate=1.0, steps_per_round=1, rounds=1)
+    optimizer = torch.optim.SGD(trainable_params(local), lr=1.0)
+    dp = make_private(local, optimizer, TensorDataset(x, y), len(y), step_plan, PrivacyLedger(plan.accountant), privacy)
+    dp.optimizer.zero_grad(set_to_none=True)
+    dp.criterion(dp.model(x), y).backward()
+    dp.optimizer.step()
+    if hasattr(dp.model, "remove_hooks"):
+        dp.model.remove_hooks()
+    return [b - p.detach() for b, p in zip(before, trainable_params(local), strict=True)]
 
 
 def observed_gradient(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, plan: DPPlan | None = None, seed: int = 0
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, plan: DPPlan | None = None, privacy: DictConfig | None = None
 ) -> list[torch.Tensor]:
     """The batch gradient a hospital's single local step reveals through its update.
 
-    Without ``plan``: the plain mean gradient. With ``plan`` (only ``max_grad_norm`` and
-    ``noise_multiplier`` are used): the clipped, noised DP-SGD gradient of :func:`dp_sgd_gradient`,
-    noise drawn from a generator seeded with ``seed``. ``model`` is put in eval mode (no dropout),
-    the same mode the attacker uses.
+    Without ``plan``: the plain mean gradient. With ``plan`` and the ``privacy`` config: the
+    clipped, noised gradient of the pipeline's own DP-SGD step (:func:`dp_step_gradient`).
+    ``model`` is put in eval mode (no dropout), the same mode the attacker uses.
     """
     model.eval()
     if plan is None:
         return batch_gradient(model, x, y)
-    gen = torch.Generator().manual_seed(seed)
-    return dp_sgd_gradient(per_sample_gradients(model, x, y), plan.max_grad_norm, plan.noise_multiplier, gen)
+    if privacy is None:
+        raise ValueError("a DP gradient needs the privacy config (clipping mode)")
+    return dp_step_gradient(model, x, y, plan, privacy)
 
 
 def update_from_gradient(model: nn.Module, grads: list[torch.Tensor], lr: float, weight: float) -> np.ndarray:
     """The weighted update ``weight * (w_local - w_global)`` of one SGD step ``w -= lr * grad``.
 
-    Laid out like :func:`pipeline.hospital.get_flat` (all state, buffers included: their change is 0),
+    Laid out like :func:`pipeline.task.model.get_flat` (all state, buffers included: their change is 0),
     which is what the hospital encodes and sends.
     """
     by_param = {id(p): g for p, g in zip(trainable_params(model), grads, strict=True)}

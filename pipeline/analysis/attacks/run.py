@@ -81,8 +81,9 @@ def run_epsilon(run_dir: Path) -> float | None:
     return max(values) if values else None
 
 
-def attack_dp_plan(cfg: DictConfig, num_train: int) -> tuple[DPPlan, str]:
-    """The run's DP plan for a hospital of ``num_train`` images, or a default epsilon-8 plan without DP."""
+def attack_dp_plan(cfg: DictConfig, num_train: int) -> tuple[DPPlan, DictConfig, str]:
+    """The run's DP plan (and privacy config) for a hospital of ``num_train`` images, or the default
+    epsilon-8 DP-SGD when the run had no DP; with a line saying which."""
     from pipeline.config import compose
     from pipeline.privacy.plan import plan_for_run
 
@@ -96,7 +97,7 @@ def attack_dp_plan(cfg: DictConfig, num_train: int) -> tuple[DPPlan, str]:
     plan = plan_for_run(plan_cfg, num_train)
     if plan is None:  # not reachable: privacy is enabled in plan_cfg
         raise AttackError("no DP plan could be made")
-    return plan, source
+    return plan, plan_cfg.privacy, source
 
 
 def _encryption_cfg(cfg: DictConfig) -> tuple[DictConfig, str]:
@@ -154,7 +155,7 @@ def attack_run(
         idx = pick_batch(data.train.y, opts.batch_size, opts.seed)
         x, y = data.train.x[idx].to(device), data.train.y[idx].to(device)
         try:
-            plan, plan_source = attack_dp_plan(cfg, data.num_train)
+            plan, privacy, plan_source = attack_dp_plan(cfg, data.num_train)
         except ConfigError as err:
             raise AttackError(str(err)) from None
         enc, enc_source = _encryption_cfg(cfg)
@@ -176,7 +177,7 @@ def attack_run(
         plain_grad = observed_gradient(model, x, y)
         plain_update = update_from_gradient(model, plain_grad, step_lr, weight)
         invert("plaintext", gradient_from_update(model, plain_update, step_lr, weight))
-        dp_grad = observed_gradient(model, x, y, plan, seed=opts.seed)
+        dp_grad = observed_gradient(model, x, y, plan, privacy)
         invert(
             "dp", gradient_from_update(model, update_from_gradient(model, dp_grad, step_lr, weight), step_lr, weight)
         )
