@@ -71,6 +71,20 @@ def private_run(tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.fixture(scope="session")
+def twin_runs(tmp_path_factory) -> Path:
+    """Two 1-round runs of :data:`SMALL` without DP, CKKS-encrypted (``ckks/``) and plaintext (``plain/``).
+
+    Same seed, data and model: the twins of the encryption test and the two runs the comparison
+    tests compare (they differ in ``encryption.enabled`` only).
+    """
+    parent = tmp_path_factory.mktemp("twins")
+    common = [*SMALL, "federation.rounds=1", "privacy=none", f"federation.hospital_dir={parent / 'hospitals'}"]
+    run_pipeline(parent / "ckks", *common, "encryption=ckks")
+    run_pipeline(parent / "plain", *common, "encryption=none")
+    return parent
+
+
 def privacy_cfg(**kw):
     """A complete ``privacy`` group (DP on, the default ``bk`` clipping) with ``kw`` overriding its values."""
     base = dict(

@@ -46,7 +46,7 @@ from pipeline.outputs.atomic import write_atomic
 from pipeline.outputs.recorder import METRICS_FILE, read_metrics
 
 log = logging.getLogger("fedmed")
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: pyproject.toml, the Flower app
 CONNECTION = "fedmed-local"  # the SuperLink connection's name in $FLWR_HOME/config.toml
 
 

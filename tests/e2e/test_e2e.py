@@ -101,12 +101,9 @@ def test_private_run_leaves_no_key_behind(private_run):
     assert "hospitals_secret" not in (private_run / "config.yaml").read_text()
 
 
-def test_encrypted_and_plaintext_twins_agree(tmp_path):
+def test_encrypted_and_plaintext_twins_agree(twin_runs):
     """Same seed, no DP noise, one round: the CKKS model equals the plaintext one within quantisation."""
-    common = [*SMALL, "federation.rounds=1", "privacy=none", f"federation.hospital_dir={tmp_path / 'hospitals'}"]
-    enc_dir, plain_dir = tmp_path / "ckks", tmp_path / "plain"
-    run_pipeline(enc_dir, *common, "encryption=ckks")
-    run_pipeline(plain_dir, *common, "encryption=none")
+    enc_dir, plain_dir = twin_runs / "ckks", twin_runs / "plain"
     cfg, enc = _model(enc_dir)
     _, plain = _model(plain_dir)
     s_enc, s_plain = _summary(enc_dir), _summary(plain_dir)
