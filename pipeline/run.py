@@ -8,8 +8,10 @@ the run folder: config.yaml, metrics.csv, summary.json, curves.png, model.pt.
 from __future__ import annotations
 
 import logging
+import secrets
 import signal
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import hydra
@@ -66,6 +68,13 @@ def preflight(cfg: DictConfig) -> None:
 def execute(cfg: DictConfig, run_dir: Path) -> dict:
     """Validate, check, run; return the summary. Raises ConfigError / DataError / RunFailed."""
     cfg = validate(cfg)
+    if not cfg.get("study_id"):
+        cfg.study_id = new_study_id()
+    if cfg.privacy.enabled and cfg.privacy.reproducible:
+        log.warning(
+            "privacy.reproducible=true: the DP batches and noise follow the config's seed, so anyone with the "
+            'config can recompute them; this run is NOT private (summary.json: "private": false)'
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.resume:
         write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
@@ -83,6 +92,11 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
 
         summary = run_baseline(cfg, run_dir)
     return record_provenance(cfg, run_dir, summary)
+
+
+def new_study_id() -> str:
+    """A fresh study id: the date and random hex (hospitals' lifetime ledgers list studies by it)."""
+    return f"study-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(4)}"
 
 
 def record_provenance(cfg: DictConfig, run_dir: Path, summary: dict) -> dict:

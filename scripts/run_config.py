@@ -17,6 +17,7 @@ from pipeline.config import compose
 from pipeline.engines.run_config import run_config_toml
 from pipeline.errors import ConfigError
 from pipeline.outputs.atomic import write_atomic
+from pipeline.run import new_study_id
 
 
 def main() -> int:
@@ -28,6 +29,8 @@ def main() -> int:
     a = p.parse_args()
     try:
         cfg = compose(*a.overrides)
+        if not cfg.get("study_id"):
+            cfg.study_id = new_study_id()
         if cfg.encryption.enabled and not a.public_context:
             raise ConfigError("encryption is on: give --public-context (server_public.ctx from scripts/keygen.py)")
     except ConfigError as err:

@@ -31,7 +31,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from pipeline.errors import RunFailed
 from pipeline.flower import messages as M
 from pipeline.outputs.console import progress_line
-from pipeline.outputs.recorder import RunRecorder
+from pipeline.outputs.recorder import PRIVACY_FILE, RunRecorder, write_json
 from pipeline.secagg import aggregates
 from pipeline.secagg.aggregates import Aggregate
 from pipeline.secagg.params import num_chunks
@@ -56,6 +56,7 @@ class Site:
     synced_round: int = 0
     epsilon: float = 0.0
     out_of_budget: bool = False
+    dp_reports: list[dict[str, Any]] = field(default_factory=list)  # per round trained: plan, history, epsilon
 
 
 @dataclass
@@ -166,6 +167,8 @@ class SecureFedAvg(Strategy):
         tally.seen.add(node)
         site = self.sites[node]
         site.epsilon = float(c.get(M.EPSILON, 0.0))
+        if M.DP_REPORT in c:
+            site.dp_reports.append({"round": tally.round, **json.loads(str(c[M.DP_REPORT]))})
         if bool(c[M.OUT_OF_BUDGET]):
             site.out_of_budget = True
             tally.out_of_budget += 1
@@ -347,6 +350,7 @@ class SecureFedAvg(Strategy):
             self.rows.append(row)
             if recorder is not None:
                 recorder.add_round(row)
+                write_json(recorder.dir / PRIVACY_FILE, self.privacy_report())
                 recorder.write_checkpoint({"completed_round": rnd, "rounds": num_rounds, "num_params": self.num_params})
             arrays = agg_arrays
             log.info(progress_line(row, num_rounds))
@@ -362,16 +366,22 @@ class SecureFedAvg(Strategy):
             Message(content=RecordDict({M.CONFIG: ConfigRecord({})}), message_type=M.QUERY, dst_node_id=n)
             for n in nodes
         ]
+        refusals = []
         for reply in self._exchange(grid, messages, timeout):
             node = reply.metadata.src_node_id
             if reply.has_error():
                 log.warning("node %d failed the size query: %s", node, reply.error.reason)
                 continue
             c = reply.content[M.CONFIG]
+            if M.PROBLEM in c:  # e.g. the study does not fit the hospital's lifetime privacy budget
+                log.warning("node %d does not join: %s", node, c[M.PROBLEM])
+                refusals.append(str(c[M.PROBLEM]))
+                continue
             self.sites[node] = Site(node, int(c[M.HOSPITAL]), int(c[M.NUM_TRAIN]), int(c[M.NUM_PARAMS]))
             self.shape = (int(c[M.CHANNELS]), int(c[M.NUM_CLASSES]), int(c[M.IMAGE_SIZE]))
         if len(self.sites) < self.min_hospitals:
-            raise RunFailed(f"only {len(self.sites)} hospital(s) answered the size query")
+            why = f"only {len(self.sites)} hospital(s) joined, fewer than federation.min_hospitals={self.min_hospitals}"
+            raise RunFailed(why + (f"; {'; '.join(refusals)}" if refusals else ""))
         sizes = {s.num_params for s in self.sites.values()}
         if len(sizes) != 1:
             raise RunFailed(f"hospitals disagree on the model size {sorted(sizes)}: they run different configs")
@@ -383,6 +393,23 @@ class SecureFedAvg(Strategy):
             [s.num_train for s in self.sites.values()],
             self.num_params,
         )
+
+    def privacy_report(self) -> dict[str, Any]:
+        """privacy.json: per hospital, its DP plan, accountant history and epsilon after each round trained.
+
+        Enough to recompute every epsilon with another accountant (the histories are the
+        (noise multiplier, sample rate, steps) entries the hospital's accountant composed).
+        """
+        hospitals: dict[str, Any] = {}
+        for site in sorted(self.sites.values(), key=lambda s: s.hospital):
+            if not site.dp_reports:
+                continue
+            last = {k: v for k, v in site.dp_reports[-1].items() if k != "round"}
+            last["rounds_trained"] = len(site.dp_reports)
+            last["epsilon_per_round"] = [{"round": r["round"], "epsilon": r["epsilon"]} for r in site.dp_reports]
+            hospitals[str(site.hospital)] = last
+        kinds = sorted({h["randomness"] for h in hospitals.values()})
+        return {"hospitals": hospitals, "randomness": kinds}
 
     def run_summary(self, seconds: float) -> dict[str, Any]:
         """The federated facts of the run for summary.json (the ServerApp adds the config's)."""
@@ -460,6 +487,20 @@ class SecureFedAvg(Strategy):
             log.warning("%s did not reply within %gs; carrying on without it", self._name(node), timeout)
         return replies
 
+    def _restore_privacy_report(self, recorder: RunRecorder, done: int) -> None:
+        """Take back the DP reports of the rounds up to ``done`` (hospitals are matched by their number)."""
+        path = recorder.dir / PRIVACY_FILE
+        if not path.exists():
+            return
+        saved = json.loads(path.read_text())["hospitals"]
+        for site in self.sites.values():
+            entry = saved.get(str(site.hospital))
+            if entry:
+                base = {k: v for k, v in entry.items() if k not in ("rounds_trained", "epsilon_per_round")}
+                site.dp_reports = [{**base, **r} for r in entry["epsilon_per_round"] if r["round"] <= done]
+                if site.dp_reports:
+                    site.epsilon = max(site.epsilon, float(site.dp_reports[-1]["epsilon"]))
+
     def _resume(self, recorder: RunRecorder, evaluate_fn: EvaluateFn | None) -> tuple[int, ArrayRecord]:
         """Continue after the last completed round of the recorder's run folder."""
         done = int(recorder.read_checkpoint()["completed_round"])
@@ -468,6 +509,7 @@ class SecureFedAvg(Strategy):
             raise RunFailed(f"{recorder.dir}: the checkpoint says round {done}, but only {len(aggs)} aggregates exist")
         recorder.load_rows(done)
         self.rows = list(recorder.rows)
+        self._restore_privacy_report(recorder, done)
         if evaluate_fn is not None:  # plaintext: the server-side evaluation catches up with the saved rounds
             for agg in aggs:
                 evaluate_fn(agg.round, agg.to_record())

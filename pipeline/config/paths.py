@@ -22,6 +22,7 @@ PATH_KEYS = (
     "data.root",
     "data.test_root",
     "federation.hospital_dir",
+    "privacy.lifetime_dir",
     "deployment.workspace",
     "hydra.run.dir",
     "hydra.sweep.dir",

@@ -67,8 +67,11 @@ class PrivacyConfig:
     max_grad_norm: float = MISSING
     accountant: str = MISSING
     secure_mode: bool = MISSING
+    reproducible: bool = MISSING
     grad_sample_mode: str = MISSING
     batchnorm: str = MISSING
+    max_lifetime_epsilon: float | None = None
+    lifetime_dir: str | None = None
 
 
 @dataclass

@@ -167,3 +167,14 @@ def _validate_privacy(p: DictConfig) -> None:
         p.batchnorm in BATCHNORM_POLICIES,
         f"privacy.batchnorm={p.batchnorm!r} is unknown; use one of {BATCHNORM_POLICIES}",
     )
+    _check(
+        not (p.reproducible and p.secure_mode),
+        "privacy.reproducible=true seeds the DP noise from the config, privacy.secure_mode=true draws it from the "
+        "OS CSPRNG: choose one (privacy.secure_mode=false for a reproducible test run)",
+    )
+    cap = p.max_lifetime_epsilon
+    _check(
+        cap is None or cap >= p.epsilon,
+        f"privacy.max_lifetime_epsilon={cap} is below privacy.epsilon={p.epsilon}: no hospital could take part; "
+        f"use a cap >= {p.epsilon} or null",
+    )

@@ -19,6 +19,7 @@ from pipeline.outputs.plots import PLOT_FILE, plot_rounds
 from pipeline.outputs.recorder import MODEL_FILE, RunRecorder
 from pipeline.privacy.ledger import PrivacyLedger
 from pipeline.privacy.plan import plan_for_run
+from pipeline.privacy.randomness import round_randomness
 from pipeline.task.model import build_model, save_model
 from pipeline.task.sites import HospitalData, hospital_data, pooled_data, test_dataset
 from pipeline.task.training import evaluate, resolve_device, round_seed, train_round
@@ -37,7 +38,9 @@ def _train_site(cfg: DictConfig, data: HospitalData, name: str, site: int, recor
     rows = []
     for rnd in range(1, rounds + 1):
         t0 = time.perf_counter()
-        stats = train_round(cfg, model, data.train, epochs, device, plan, ledger, round_seed(int(cfg.seed), site, rnd))
+        randomness = round_randomness(cfg.privacy, int(cfg.seed), site, rnd)
+        seed = round_seed(int(cfg.seed), site, rnd)
+        stats = train_round(cfg, model, data.train, epochs, device, plan, ledger, seed, randomness=randomness)
         val, tst = evaluate(model, data.val, device), evaluate(model, test, device)
         eps = ledger.epsilon(plan.delta) if ledger else 0.0
         row = {

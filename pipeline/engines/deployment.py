@@ -41,7 +41,13 @@ from pipeline.engines.certificates import make_certificates, make_node_key
 from pipeline.engines.run_config import node_config_arg, run_config_toml
 from pipeline.engines.workspace import private_folder
 from pipeline.errors import ConfigError, RunFailed
-from pipeline.flower.context import DATA_ROOT_KEY, PARTITION_KEY, SECRET_CONTEXT_KEY, STATE_DIR_KEY
+from pipeline.flower.context import (
+    DATA_ROOT_KEY,
+    MAX_LIFETIME_KEY,
+    PARTITION_KEY,
+    SECRET_CONTEXT_KEY,
+    STATE_DIR_KEY,
+)
 from pipeline.outputs.atomic import write_atomic
 from pipeline.outputs.recorder import METRICS_FILE, read_metrics
 
@@ -304,15 +310,18 @@ class HospitalSite:
     public_key: Path
     data_root: Path
     secret_context: Path | None
+    max_lifetime_epsilon: float | None = None
 
-    def node_config(self, hospital: int) -> dict[str, str | int]:
-        values: dict[str, str | int] = {
+    def node_config(self, hospital: int) -> dict[str, str | int | float]:
+        values: dict[str, str | int | float] = {
             PARTITION_KEY: hospital,
             DATA_ROOT_KEY: str(self.data_root),
             STATE_DIR_KEY: str(self.folder / "state"),
         }
         if self.secret_context is not None:
             values[SECRET_CONTEXT_KEY] = str(self.secret_context)
+        if self.max_lifetime_epsilon is not None:  # the hospital's own cap (privacy.max_lifetime_epsilon here)
+            values[MAX_LIFETIME_KEY] = float(self.max_lifetime_epsilon)
         return values
 
 
@@ -335,7 +344,8 @@ def prepare_sites(cfg: DictConfig, workspace: Path, secret: Path | None) -> list
         copy = None
         if secret is not None:
             copy = write_atomic(folder / secret.name, secret.read_bytes(), private=True)
-        sites.append(HospitalSite(folder, private, public, folder, copy))
+        cap = cfg.privacy.max_lifetime_epsilon if cfg.privacy.enabled else None
+        sites.append(HospitalSite(folder, private, public, folder, copy, cap))
     return sites
 
 

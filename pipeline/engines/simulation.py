@@ -21,7 +21,13 @@ from omegaconf import DictConfig
 from pipeline.engines.run_config import run_config
 from pipeline.engines.workspace import private_folder
 from pipeline.errors import RunFailed
-from pipeline.flower.context import PUBLIC_CONTEXT_KEY, SECRET_CONTEXT_KEY, STATE_DIR_KEY
+from pipeline.flower.context import (
+    LIFETIME_DIR_KEY,
+    MAX_LIFETIME_KEY,
+    PUBLIC_CONTEXT_KEY,
+    SECRET_CONTEXT_KEY,
+    STATE_DIR_KEY,
+)
 from pipeline.outputs.recorder import SUMMARY_FILE
 from pipeline.secagg.params import SECRET_FILE, SERVER_FILE
 
@@ -92,6 +98,11 @@ def run_federated(cfg: DictConfig, run_dir: Path) -> dict:
         shutil.rmtree(private)  # a stale folder of an earlier run in the same place
     apps_config = run_config(cfg, run_dir, None)
     node_config: dict = {STATE_DIR_KEY: str(private / "state")}
+    # what real hospitals set for themselves with --node-config: the lifetime ledger's folder and cap
+    if cfg.privacy.lifetime_dir:
+        node_config[LIFETIME_DIR_KEY] = str(Path(str(cfg.privacy.lifetime_dir)).expanduser().resolve())
+    if cfg.privacy.max_lifetime_epsilon is not None:
+        node_config[MAX_LIFETIME_KEY] = float(cfg.privacy.max_lifetime_epsilon)
     secret = None
     if cfg.encryption.enabled:
         secret, server = make_ckks_keys(cfg, private)

@@ -22,6 +22,8 @@ from omegaconf import DictConfig
 from pipeline.flower import faults
 from pipeline.flower import messages as M
 from pipeline.flower.context import (
+    LIFETIME_DIR_KEY,
+    MAX_LIFETIME_KEY,
     SECRET_CONTEXT_KEY,
     STATE_DIR_KEY,
     experiment,
@@ -30,8 +32,10 @@ from pipeline.flower.context import (
     with_defaults,
 )
 from pipeline.flower.hospital_state import HospitalState
-from pipeline.privacy.ledger import PrivacyLedger
-from pipeline.privacy.plan import plan_for_run
+from pipeline.privacy.ledger import BUDGET_SLACK, PrivacyLedger
+from pipeline.privacy.lifetime import LifetimeLedger, lifetime_file
+from pipeline.privacy.plan import DPPlan, plan_for_run
+from pipeline.privacy.randomness import REPRODUCIBLE, round_randomness
 from pipeline.secagg.wire import Payload
 from pipeline.task import training
 from pipeline.task.model import build_model, get_flat, set_flat
@@ -58,12 +62,31 @@ class HospitalClient:
         self.state = HospitalState.load(self._state_file())
 
     # --- state ---------------------------------------------------------------------------
-    def _state_file(self) -> Path:
-        """Where this hospital keeps its state between messages (node config ``state-dir``)."""
+    @property
+    def study(self) -> str:
+        """The study this run belongs to (the config's ``study_id``; Flower's run id if it has none)."""
+        return str(self.cfg.get("study_id") or f"run-{self.context.run_id}")
+
+    def _state_dir(self) -> Path:
         folder = str(self.context.node_config.get(STATE_DIR_KEY, ""))
         if not folder:
             raise ValueError(f"hospital {self.id} has no node config {STATE_DIR_KEY}: it needs a folder for its state")
-        return Path(folder) / f"hospital_{self.id}.npz"
+        return Path(folder)
+
+    def _state_file(self) -> Path:
+        """Where this hospital keeps its state for this study (node config ``state-dir``, one folder a study)."""
+        return self._state_dir() / self.study / f"hospital_{self.id}.npz"
+
+    def lifetime(self) -> LifetimeLedger:
+        """This hospital's spending over all its studies (node config ``lifetime-dir``, else ``state-dir``)."""
+        folder = str(self.context.node_config.get(LIFETIME_DIR_KEY, "") or self._state_dir())
+        return LifetimeLedger.load(lifetime_file(folder, self.id))
+
+    @property
+    def max_lifetime_epsilon(self) -> float | None:
+        """The hospital's own cap on its lifetime spending (node config ``max-lifetime-epsilon``)."""
+        cap = self.context.node_config.get(MAX_LIFETIME_KEY)
+        return None if cap in (None, "") else float(cap)
 
     @property
     def model_round(self) -> int:
@@ -125,8 +148,32 @@ class HospitalClient:
         self.state.save()
 
     # --- message handlers ----------------------------------------------------------------
+    def _lifetime_problem(self, plan: DPPlan, history: list) -> str | None:
+        """Why ``history`` (this study's spending, planned or so far) would break the lifetime cap; None if not."""
+        cap = self.max_lifetime_epsilon
+        if cap is None:
+            return None
+        lifetime = self.lifetime()
+        would = lifetime.epsilon_with(self.study, history, plan.delta, plan.accountant)
+        if would <= cap * (1 + BUDGET_SLACK):
+            return None
+        spent = lifetime.epsilon(plan.delta, plan.accountant)
+        return (
+            f"hospital {self.id} refuses: this study would take its lifetime epsilon to {would:.3f}, above its "
+            f"{MAX_LIFETIME_KEY}={cap:g} (budget left: {max(cap - spent, 0.0):.3f} of {cap:g})"
+        )
+
     def query(self) -> RecordDict:
-        """Data size and shape, nothing else."""
+        """Data size and shape, nothing else; a refusal when the study does not fit the lifetime budget."""
+        plan = plan_for_run(self.cfg, self.data.num_train)
+        if plan is not None:  # this study's spending so far plus what its plan still has to spend
+            ledger = self.ledger()
+            remaining = max(plan.total_steps - ledger.steps, 0)
+            planned = ledger.accountant.history + [(plan.noise_multiplier, plan.sample_rate, remaining)]
+            problem = self._lifetime_problem(plan, planned)
+            if problem:
+                log.warning("%s", problem)
+                return RecordDict({M.CONFIG: ConfigRecord({M.PROBLEM: problem, M.HOSPITAL: self.id})})
         d = self.data
         return RecordDict(
             {
@@ -154,26 +201,29 @@ class HospitalClient:
         plan = plan_for_run(self.cfg, self.data.num_train)
         ledger = self.ledger() if plan else None
         reply = {M.ROUND: rnd, M.NUM_TRAIN: self.data.num_train, M.OUT_OF_BUDGET: False}
-        if plan is not None and not ledger.can_afford_round(plan):
-            eps = ledger.epsilon(plan.delta)
-            log.warning(
-                "hospital %d: out of privacy budget (epsilon %.3f of %.3f); not training",
-                self.id,
-                eps,
-                plan.target_epsilon,
-            )
-            reply.update({M.OUT_OF_BUDGET: True, M.EPSILON: eps})
-            return RecordDict({M.CONFIG: ConfigRecord(reply)})
+        if plan is not None:
+            this_round = ledger.accountant.history + [(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)]
+            lifetime_problem = self._lifetime_problem(plan, this_round)
+            if not ledger.can_afford_round(plan) or lifetime_problem:
+                eps = ledger.epsilon(plan.delta)
+                why = lifetime_problem or f"epsilon {eps:.3f} of {plan.target_epsilon:g} spent, a round more overspends"
+                log.warning("hospital %d: out of privacy budget (%s); not training", self.id, why)
+                reply.update({M.OUT_OF_BUDGET: True, M.EPSILON: eps})
+                return RecordDict({M.CONFIG: ConfigRecord(reply)})
         start = self.global_weights()
         model = self.new_model()
         set_flat(model, start)
         seed = training.round_seed(int(self.cfg.seed), self.id, rnd)
+        randomness = round_randomness(self.cfg.privacy, int(self.cfg.seed), self.id, rnd)
         epochs = int(self.cfg.train.local_epochs)
         mu = float(conf.get(M.PROXIMAL_MU, 0.0))
-        stats = training.train_round(self.cfg, model, self.data.train, epochs, self.device, plan, ledger, seed, mu)
+        stats = training.train_round(
+            self.cfg, model, self.data.train, epochs, self.device, plan, ledger, seed, mu, randomness
+        )
         if ledger is not None:  # charged as soon as it trained, whatever happens to the update next
             self.state.ledger = ledger.to_json()
             self.state.save()
+            self.lifetime().record(self.study, ledger.accountant.history, plan.delta, plan.accountant)
         change = get_flat(model).astype(np.float64) - start
         if not np.all(np.isfinite(change)):
             raise ValueError("local training produced non-finite weights; lower train.optimizer.lr")
@@ -181,12 +231,16 @@ class HospitalClient:
         update = weight * change
         t0 = time.perf_counter()
         codec = self.codec()
-        payload = codec.encode(update, np.random.default_rng(seed))
+        # stochastic rounding: seeded only in reproducible runs, fresh OS entropy otherwise
+        reproducible = randomness.kind == REPRODUCIBLE
+        payload = codec.encode(update, np.random.default_rng(seed if reproducible else None))
         encode_seconds = time.perf_counter() - t0
         from pipeline.secagg.codec import clipped_fraction
 
         eps = ledger.epsilon(plan.delta) if ledger is not None else 0.0
         reply.update({M.WEIGHT: weight, M.EPSILON: eps})
+        if plan is not None:
+            reply[M.DP_REPORT] = json.dumps(self._dp_report(plan, ledger, eps, randomness.kind))
         content_out = RecordDict(
             {
                 M.CONFIG: ConfigRecord(reply),
@@ -202,6 +256,25 @@ class HospitalClient:
         )
         payload.put(content_out)
         return content_out
+
+    def _dp_report(self, plan: DPPlan, ledger: PrivacyLedger, epsilon: float, randomness: str) -> dict:
+        """What privacy.json records for this hospital: enough to recompute epsilon with any accountant."""
+        return {
+            "num_train": self.data.num_train,
+            "noise_multiplier": plan.noise_multiplier,
+            "sample_rate": plan.sample_rate,
+            "max_grad_norm": plan.max_grad_norm,
+            "steps_per_round": plan.steps_per_round,
+            "rounds_planned": plan.rounds,
+            "accountant": plan.accountant,
+            "delta": plan.delta,
+            "target_epsilon": plan.target_epsilon,
+            "randomness": randomness,
+            "history": [list(h) for h in ledger.accountant.history],
+            "epsilon": epsilon,
+            "lifetime_epsilon": self.lifetime().epsilon(plan.delta, plan.accountant),
+            "max_lifetime_epsilon": self.max_lifetime_epsilon,
+        }
 
     def evaluate(self, content: RecordDict) -> RecordDict:
         """Apply the new aggregate and report validation metrics on the local held-out share."""

@@ -24,6 +24,8 @@ PARTITION_KEY = "partition-id"
 SECRET_CONTEXT_KEY = "secret-context"
 STATE_DIR_KEY = "state-dir"
 DATA_ROOT_KEY = "data-root"
+LIFETIME_DIR_KEY = "lifetime-dir"  # where the hospital's lifetime ledger lives (default: state-dir)
+MAX_LIFETIME_KEY = "max-lifetime-epsilon"  # the hospital's own cap on its spending over all studies
 
 
 @functools.lru_cache(maxsize=8)

@@ -35,6 +35,7 @@ IMAGE_SIZE = "image-size"
 NUM_PARAMS = "num-params"
 PROXIMAL_MU = "proximal-mu"
 SERVER_OPTIMIZER = "server-optimizer"  # JSON of strategies.server_optimizers.ServerOptimizer.spec()
+DP_REPORT = "dp-report"  # JSON: the hospital's DP plan, accountant history and spending (privacy.json)
 
 # MetricRecord keys of a train reply and an evaluate reply
 TRAIN_LOSS = "train_loss"

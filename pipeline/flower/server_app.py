@@ -98,6 +98,7 @@ def run_server(grid: Grid, cfg: DictConfig, run_dir: Path, server_context: bytes
         log.warning("paused; continue with: python -m pipeline.run resume=%s", run_dir)
     privacy = cfg.privacy
     summary = strategy.run_summary(time.perf_counter() - started)
+    kinds = strategy.privacy_report()["randomness"]
     summary.update(
         mode="federated",
         encrypted=server_context is not None,
@@ -108,6 +109,9 @@ def run_server(grid: Grid, cfg: DictConfig, run_dir: Path, server_context: bytes
         epsilon=summary["epsilon"] if privacy.enabled else {},
         epsilon_target=float(privacy.epsilon) if privacy.enabled else None,
         delta=float(privacy.delta) if privacy.enabled else None,
+        # private: DP on and no hospital's mechanism followed the config's seed (privacy.json says how each drew)
+        private=bool(privacy.enabled) and not privacy.reproducible and "reproducible" not in kinds,
+        randomness=kinds,
     )
     recorder.write_summary(summary)
     title = f"{cfg.model._target_.split('.')[-1]}, {len(strategy.sites)} hospitals"

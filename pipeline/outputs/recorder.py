@@ -39,6 +39,7 @@ COLUMNS = [
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.json"
+PRIVACY_FILE = "privacy.json"
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.pt"
 

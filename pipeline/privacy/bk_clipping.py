@@ -13,7 +13,8 @@ layer,
 
 and writes the sums to ``p.grad``. Opacus's ghost-clipping optimizer
 (:class:`~opacus.optimizers.DPOptimizerFastGradientClipping`) adds the Gaussian noise, divides
-by the expected batch size and steps; Opacus's Poisson loader and accountant are unchanged.
+by the expected batch size and steps; the accountant is Opacus's. Batch selection and noise come
+from the hospital's randomness (:mod:`pipeline.privacy.randomness`).
 
 Layers with trainable parameters must be Conv1d/2d/3d, Linear, GroupNorm, LayerNorm or PReLU,
 each run once per forward pass; anything else is refused when the model is wrapped.
@@ -282,10 +283,11 @@ def make_private_bookkeeping(
     noise_multiplier: float,
     max_grad_norm: float,
 ) -> tuple[BookKeepingModule, BookKeepingOptimizer, BookKeepingLoss, DataLoader]:
-    """``engine.make_private`` for bk mode: Poisson loader, noise and accounting stay Opacus's.
+    """``engine.make_private`` for bk mode: the DP optimizer and the accounting stay Opacus's.
 
     Follows :meth:`opacus.PrivacyEngine.make_private` step by step (flat clipping, mean loss
     reduction, one process), with :class:`BookKeepingModule` in place of a GradSampleModule.
+    ``data_loader`` must already be a Poisson loader; its length is the number of steps per epoch.
 
     Raises:
         ConfigError: a layer bk cannot train (see :data:`SUPPORTED_LAYERS`).
@@ -295,7 +297,7 @@ def make_private_bookkeeping(
         raise ValueError("Module parameters are different than optimizer Parameters")
     engine.validate(module=module, optimizer=None, data_loader=None)  # BatchNorm & co., as Opacus
     wrapped = BookKeepingModule(module, max_grad_norm)
-    dp_loader = engine._prepare_data_loader(data_loader, poisson_sampling=True, distributed=False)
+    dp_loader = data_loader  # already a Poisson loader (pipeline.privacy.randomness.poisson_loader)
     sample_rate = 1 / len(dp_loader)
     dp_optimizer = BookKeepingOptimizer(
         optimizer,
@@ -303,8 +305,7 @@ def make_private_bookkeeping(
         max_grad_norm=max_grad_norm,
         expected_batch_size=int(len(dp_loader.dataset) * sample_rate),
         loss_reduction="mean",
-        generator=engine.secure_rng if engine.secure_mode else None,
-        secure_mode=engine.secure_mode,
+        secure_mode=False,  # the noise comes from the hospital's randomness (engine.draw_noise_from)
     )
     dp_optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
     return wrapped, dp_optimizer, BookKeepingLoss(wrapped, criterion), dp_loader

@@ -1,13 +1,17 @@
 """Wrapping a model, optimizer and data set for one round of DP-SGD (Opacus, or book-keeping clipping).
 
-Poisson sampling, the Gaussian noise and the accountant are Opacus's in every mode; the
-per-sample clipping is Opacus's (``hooks``, ``ghost``, ``functorch``) or :mod:`.bk_clipping`'s
-(``bk``, the default). The engine's accountant is the hospital's ledger, so every step is
-recorded where the budget is kept.
+The per-sample clipping is Opacus's (``hooks``, ``ghost``, ``functorch``) or :mod:`.bk_clipping`'s
+(``bk``, the default); the DP optimizer and the accountant are Opacus's in every mode. The
+Poisson batch selection and the Gaussian noise draw from the hospital's
+:class:`~pipeline.privacy.randomness.MechanismRandomness` (never from the config's seed unless
+the run is explicitly reproducible). The engine's accountant is the hospital's ledger, so every
+step is recorded where the budget is kept.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +23,14 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.privacy.bk_clipping import make_private_bookkeeping
 from pipeline.privacy.ledger import PrivacyLedger
 from pipeline.privacy.plan import DPPlan
+from pipeline.privacy.randomness import (
+    REPRODUCIBLE,
+    MechanismRandomness,
+    draw_noise_from,
+    mechanism_randomness,
+    poisson_loader,
+    randomness_kind,
+)
 
 
 @dataclass
@@ -30,6 +42,7 @@ class PrivateTraining:
     criterion: nn.Module
     loader: DataLoader
     engine: PrivacyEngine
+    randomness: MechanismRandomness
 
 
 def make_private(
@@ -40,13 +53,35 @@ def make_private(
     plan: DPPlan,
     ledger: PrivacyLedger,
     privacy: DictConfig,
+    randomness: MechanismRandomness | None = None,
 ) -> PrivateTraining:
-    """Wrap for DP-SGD with Poisson sampling; the engine's accountant continues ``ledger``."""
-    engine = PrivacyEngine(accountant=plan.accountant, secure_mode=bool(privacy.secure_mode))
+    """Wrap for DP-SGD with Poisson sampling; the engine's accountant continues ``ledger``.
+
+    Args:
+        model, optimizer: what to train; ``optimizer`` becomes Opacus's DP optimizer around it.
+        dataset: the hospital's training set.
+        batch_size: the expected batch size the plan was made for (checked against its sample rate).
+        plan: noise multiplier, sample rate and clipping norm.
+        ledger: the hospital's ledger; every step is recorded in it.
+        privacy: the ``privacy`` config group (clipping mode, randomness).
+        randomness: where the batch selection and the noise come from; by default a fresh source
+            of the kind ``privacy`` asks for (reproducible runs must pass their seeded one).
+    """
+    if randomness is None:
+        kind = randomness_kind(privacy)
+        if kind == REPRODUCIBLE:
+            raise ValueError("privacy.reproducible=true needs the seeded randomness of the round; pass randomness=")
+        randomness = mechanism_randomness(kind, 0, 0, 0)
+    steps = math.ceil(len(dataset) / batch_size)  # what the plan assumed (and Opacus's own loader would take)
+    if abs(1.0 / steps - plan.sample_rate) > 1e-12:
+        raise RuntimeError(f"planned sample rate {plan.sample_rate} differs from 1 / {steps} batches per epoch")
+    with warnings.catch_warnings():  # Opacus's secure mode needs torchcsprng; the randomness is ours (randomness.py)
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=plan.accountant, secure_mode=False)
     engine.accountant = ledger.accountant  # steps are recorded straight into the ledger
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    if str(privacy.grad_sample_mode) == "bk":  # book-keeping clipping: ours, with Opacus's loader/noise/accountant
-        wrapped = make_private_bookkeeping(
+    loader = poisson_loader(dataset, plan.sample_rate, randomness)
+    if str(privacy.grad_sample_mode) == "bk":  # book-keeping clipping: ours, with Opacus's optimizer and accountant
+        module, opt, criterion, dp_loader = make_private_bookkeeping(
             engine, model, optimizer, nn.CrossEntropyLoss(), loader, plan.noise_multiplier, plan.max_grad_norm
         )
     else:
@@ -57,14 +92,13 @@ def make_private(
             data_loader=loader,
             noise_multiplier=plan.noise_multiplier,
             max_grad_norm=plan.max_grad_norm,
-            poisson_sampling=True,
+            poisson_sampling=False,  # the loader already samples (from the hospital's randomness)
             grad_sample_mode=str(privacy.grad_sample_mode),
         )
-    if len(wrapped) == 4:
-        module, opt, criterion, dp_loader = wrapped
-    else:
-        module, opt, dp_loader = wrapped
-        criterion = nn.CrossEntropyLoss()
-    if abs(1.0 / len(loader) - plan.sample_rate) > 1e-12:
-        raise RuntimeError(f"planned sample rate {plan.sample_rate} differs from Opacus's {1 / len(loader)}")
-    return PrivateTraining(module, opt, criterion, dp_loader, engine)
+        if len(wrapped) == 4:
+            module, opt, criterion, dp_loader = wrapped
+        else:
+            module, opt, dp_loader = wrapped
+            criterion = nn.CrossEntropyLoss()
+    draw_noise_from(opt, randomness)
+    return PrivateTraining(module, opt, criterion, dp_loader, engine, randomness)

@@ -39,10 +39,14 @@ def lifetime_file(folder: str | Path, hospital: int) -> Path:
 
 def compose_epsilon(history: History, delta: float, accountant: str) -> float:
     """Epsilon of all the steps in ``history`` ((noise multiplier, sample rate, steps) entries) at ``delta``."""
-    if not history:
+    merged: dict[tuple[float, float], int] = {}
+    for sigma, q, steps in history:  # composition commutes: same mechanism, steps add up (and it is faster)
+        if steps > 0:
+            merged[(float(sigma), float(q))] = merged.get((float(sigma), float(q)), 0) + int(steps)
+    if not merged:
         return 0.0
     acc = create_accountant(accountant)
-    acc.history = [tuple(h) for h in history]
+    acc.history = [(sigma, q, steps) for (sigma, q), steps in merged.items()]
     return float(acc.get_epsilon(delta=delta))
 
 
@@ -65,6 +69,16 @@ class StudySpending:
     def epsilon(self) -> float:
         """This study alone, at its own delta."""
         return compose_epsilon(self.history, self.delta, self.accountant)
+
+
+def _extends(new: History, old: History) -> bool:
+    """Whether ``new`` is ``old`` plus more steps (an accountant merges repeated steps into its last entry)."""
+    if not old:
+        return True
+    if len(new) < len(old) or new[: len(old) - 1] != old[:-1]:
+        return False
+    last, grown = old[-1], new[len(old) - 1]
+    return tuple(grown[:2]) == tuple(last[:2]) and grown[2] >= last[2]
 
 
 def _now() -> str:
@@ -107,7 +121,7 @@ class LifetimeLedger:
         """Store ``study``'s whole history so far (and save): it replaces the study's entry only if it extends it."""
         history = [tuple(h) for h in history]
         mine = [e for e in self.entries if e.study == study]
-        if mine and history[: len(mine[-1].history)] == list(mine[-1].history):
+        if mine and _extends(history, list(mine[-1].history)):
             mine[-1].history, mine[-1].last, mine[-1].delta = history, _now(), delta
         else:
             self.entries.append(StudySpending(study, history, delta, accountant))
@@ -141,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         if ledger.entries:
             delta = a.delta or max(e.delta for e in ledger.entries)
             total = ledger.epsilon(delta, ledger.entries[-1].accountant)
-            print(f"  lifetime: {len(ledger.entries)} studies, epsilon {total:.3f} at delta {delta:.1e}")
+            n = len(ledger.entries)
+            print(f"  lifetime: {n} {'study' if n == 1 else 'studies'}, epsilon {total:.3f} at delta {delta:.1e}")
     return 0
 
 

@@ -80,32 +80,37 @@ class SecureRandomness(MechanismRandomness):
 
     kind = SECURE
     HARDENING_DRAWS = 4  # Opacus's secure mode: the sum of 4 N(0, s^2) draws, halved, is N(0, s^2)
+    _MASK53 = (1 << 53) - 1
 
     def __init__(self) -> None:
         cipher = Cipher(algorithms.ChaCha20(os.urandom(32), os.urandom(16)), mode=None)
         self._stream = cipher.encryptor()
 
-    def _uniform53(self, n: int) -> np.ndarray:
-        words = np.frombuffer(self._stream.update(bytes(8 * n)), dtype=np.uint64)
-        return (words >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    def _bytes(self, n: int) -> torch.Tensor:
+        return torch.frombuffer(bytearray(self._stream.update(bytes(n))), dtype=torch.uint8)
+
+    def _uniform53(self, words: torch.Tensor) -> torch.Tensor:
+        """53-bit uniforms in [0, 1) from 64-bit words."""
+        return ((words >> 11) & self._MASK53).to(torch.float64) * (1.0 / (1 << 53))
 
     def uniform(self, n: int) -> torch.Tensor:
-        return torch.from_numpy(self._uniform53(n))
+        return self._uniform53(self._bytes(8 * n).view(torch.int64))
 
-    def _standard_normal(self, n: int) -> np.ndarray:
+    def _standard_normal(self, n: int) -> torch.Tensor:
+        """Box-Muller: a 53-bit uniform for the radius (the tail), a 32-bit one for the angle, two values a pair."""
         pairs = (n + 1) // 2
-        u = self._uniform53(2 * pairs)
-        radius = np.sqrt(-2.0 * np.log1p(-u[:pairs]))  # log(1 - u), u in [0, 1): finite
-        angle = (2.0 * math.pi) * u[pairs:]
-        return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:n]
+        raw = self._bytes(12 * pairs)
+        radius = torch.sqrt(-2.0 * torch.log1p(-self._uniform53(raw[: 8 * pairs].view(torch.int64))))
+        angle = (raw[8 * pairs :].view(torch.int32).to(torch.float64) + 2.0**31) * (2.0 * math.pi / 2.0**32)
+        return torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)])[:n]
 
     def normal(self, shape: torch.Size, std: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         n = math.prod(shape)
-        total = np.zeros(n)
+        total = torch.zeros(n, dtype=torch.float64)
         for _ in range(self.HARDENING_DRAWS):
             total += self._standard_normal(n)
         values = total * (std / math.sqrt(self.HARDENING_DRAWS))
-        return torch.from_numpy(values.reshape(tuple(shape))).to(device=device, dtype=dtype)
+        return values.reshape(tuple(shape)).to(device=device, dtype=dtype)
 
 
 def mechanism_randomness(kind: str, seed: int, hospital: int, rnd: int) -> MechanismRandomness:
@@ -118,6 +123,11 @@ def mechanism_randomness(kind: str, seed: int, hospital: int, rnd: int) -> Mecha
         state = np.random.SeedSequence([int(seed), int(hospital), int(rnd), _REPRODUCIBLE_TAG]).generate_state(2)
         return TorchRandomness(kind, int(state[0]) << 31 ^ int(state[1]))
     raise ValueError(f"randomness {kind!r} is unknown; use one of {KINDS}")
+
+
+def round_randomness(privacy, seed: int, hospital: int, rnd: int) -> MechanismRandomness:
+    """The source the ``privacy`` config asks for, fresh for ``hospital``'s round ``rnd``."""
+    return mechanism_randomness(randomness_kind(privacy), seed, hospital, rnd)
 
 
 class PoissonBatchSampler(Sampler[list[int]]):
@@ -161,11 +171,18 @@ class NoiseFromRandomness:
 
     def add_noise(self) -> None:
         std = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * self.max_grad_norm
-        for p in self.params:
+        params = list(self.params)
+        for p in params:
             _check_processed_flag(p.summed_grad)
-            summed = p.summed_grad
-            noise = self.randomness.normal(summed.shape, std, summed.dtype, summed.device) if std > 0 else 0.0
-            p.grad = (summed + noise).view_as(p)
+        sizes = [p.summed_grad.numel() for p in params]
+        reference = params[0].summed_grad
+        if std > 0:  # one draw for every parameter of the step (a CSPRNG's per-call cost dominates small tensors)
+            flat = self.randomness.normal(torch.Size([sum(sizes)]), std, reference.dtype, reference.device)
+            noises = torch.split(flat, sizes)
+        else:
+            noises = [torch.zeros(n, dtype=reference.dtype, device=reference.device) for n in sizes]
+        for p, noise in zip(params, noises, strict=True):
+            p.grad = (p.summed_grad + noise.view_as(p.summed_grad)).view_as(p)
             _mark_as_processed(p.summed_grad)
 
 

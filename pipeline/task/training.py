@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.privacy.engine import make_private
 from pipeline.privacy.ledger import PrivacyLedger
 from pipeline.privacy.plan import DPPlan
+from pipeline.privacy.randomness import MechanismRandomness
 from pipeline.task.metrics import classification_metrics
 
 
@@ -80,15 +81,22 @@ def train_round(
     ledger: PrivacyLedger | None,
     seed: int,
     proximal_mu: float = 0.0,
+    randomness: MechanismRandomness | None = None,
 ) -> dict[str, float]:
-    """Train ``model`` in place for ``epochs`` (DP-SGD when ``plan`` is given); returns loss and timing."""
+    """Train ``model`` in place for ``epochs`` (DP-SGD when ``plan`` is given); returns loss and timing.
+
+    ``seed`` seeds what lies outside the DP mechanism (augmentation, the plain loader's shuffle);
+    the mechanism's batch selection and noise come from ``randomness`` (see
+    :func:`pipeline.privacy.randomness.round_randomness`).
+    """
     torch.manual_seed(seed)
     torch.set_num_threads(int(cfg.train.threads))
     model.to(device).train()  # Opacus wraps training-mode models only (baselines evaluate in between)
     optimizer = instantiate(cfg.train.optimizer)(params=model.parameters())
     start = time.perf_counter()
     if plan is not None:
-        private = make_private(model, optimizer, train_set, int(cfg.train.batch_size), plan, ledger, cfg.privacy)
+        batch = int(cfg.train.batch_size)
+        private = make_private(model, optimizer, train_set, batch, plan, ledger, cfg.privacy, randomness)
         loss = train_epochs(private.model, private.loader, private.optimizer, private.criterion, epochs, device)
         if hasattr(private.model, "remove_hooks"):
             private.model.remove_hooks()  # leave a plain module behind for evaluation

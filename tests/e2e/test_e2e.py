@@ -78,6 +78,32 @@ def test_private_run_keeps_every_epsilon_within_target(private_run):
     assert max(summary["epsilon"].values()) == pytest.approx(rows[-1]["epsilon_max"], rel=1e-5)
 
 
+def test_privacy_report_lets_anyone_recompute_every_epsilon(private_run):
+    from dp_accounting import dp_event
+    from dp_accounting.pld import pld_privacy_accountant
+    from opacus.accountants import create_accountant
+
+    report = json.loads((private_run / "privacy.json").read_text())
+    summary = _summary(private_run)
+
+    assert sorted(report["hospitals"]) == ["0", "1", "2"] and report["randomness"] == ["secure"]
+    assert summary["private"] is True and summary["randomness"] == ["secure"]
+    for hospital, entry in report["hospitals"].items():
+        assert entry["rounds_trained"] == 2 and [r["round"] for r in entry["epsilon_per_round"]] == [1, 2]
+        assert entry["randomness"] == "secure" and entry["max_grad_norm"] == 0.25
+        # the same accountant, fed the reported history, gives the reported epsilon
+        acc = create_accountant(entry["accountant"])
+        acc.history = [tuple(h) for h in entry["history"]]
+        assert acc.get_epsilon(delta=entry["delta"]) == pytest.approx(summary["epsilon"][hospital], rel=1e-6)
+        # an independent accountant (Google's privacy-loss distributions) from the plan alone agrees
+        steps = sum(h[2] for h in entry["history"])
+        pld = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-3)
+        gaussian = dp_event.GaussianDpEvent(entry["noise_multiplier"])
+        pld.compose(dp_event.PoissonSampledDpEvent(entry["sample_rate"], gaussian), steps)
+        assert pld.get_epsilon(entry["delta"]) == pytest.approx(summary["epsilon"][hospital], rel=0.03)
+        assert entry["lifetime_epsilon"] == pytest.approx(summary["epsilon"][hospital], rel=1e-6)
+
+
 def test_private_run_meets_the_wire_size_target(private_run):
     summary = _summary(private_run)
 

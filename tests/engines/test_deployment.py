@@ -7,7 +7,6 @@ check that every process they started is gone afterwards.
 
 from __future__ import annotations
 
-import csv
 import json
 import stat
 import subprocess
@@ -237,10 +236,12 @@ def test_deployment_and_simulation_of_one_config_agree(deployed, private_run, tm
     run_dir, _ = deployed
     sim_dir = private_run  # the same SMALL config on the simulation engine
     dep, sim = (json.loads((d / "summary.json").read_text()) for d in (run_dir, sim_dir))
-    assert dep["test"]["auc"] == pytest.approx(sim["test"]["auc"], abs=2e-3)
+    # the same plan spends the same budget; the DP noise is fresh in each run, so the models differ
     assert sorted(dep["epsilon"].values()) == pytest.approx(sorted(sim["epsilon"].values()), abs=1e-6)
-    per_round = [[float(r["val_auc"]) for r in csv.DictReader(open(d / "metrics.csv"))] for d in (run_dir, sim_dir)]
-    assert per_round[0] == pytest.approx(per_round[1], abs=2e-3)
+    assert dep["private"] is sim["private"] is True
+    assert dep["test"]["auc"] == pytest.approx(sim["test"]["auc"], abs=0.03)
+    a, b = (torch.load(d / "model.pt") for d in (run_dir, sim_dir))
+    assert any(not torch.equal(a[k], b[k]) for k in a), "two private runs of one config must not share their noise"
     done = subprocess.run(
         [sys.executable, "scripts/compare.py", str(sim_dir), str(run_dir), "--out", str(tmp_path / "cmp")],
         cwd=ROOT,

@@ -93,15 +93,16 @@ def test_encrypted_train_reply_carries_ciphertexts_and_epsilon(tmp_path):
     assert payload.digest == digest(payload.chunks)
     assert 0 < conf[M.EPSILON] <= 8.0 and conf[M.OUT_OF_BUDGET] is False
     assert conf[M.WEIGHT] == pytest.approx(1.0)
-    saved = HospitalState.load(tmp_path / "state" / "hospital_0.npz")
-    assert PrivacyLedger.from_json(saved.ledger, "rdp").steps > 0
+    saved = HospitalState.load(client._state_file())
+    assert PrivacyLedger.from_json(saved.ledger, cfg.privacy.accountant).steps > 0
     assert len(context.state) == 0, "nothing of the hospital's state travels in Flower's context"
 
 
 def test_hospital_out_of_budget_does_not_train(tmp_path):
     cfg = make_cfg("encryption=none")
-    spent = PrivacyLedger("rdp", history=[(0.5, 0.5, 1000)])  # far beyond epsilon 8
-    HospitalState(tmp_path / "state" / "hospital_0.npz", ledger=spent.to_json()).save()
+    spent = PrivacyLedger(cfg.privacy.accountant, history=[(1.0, 1 / 12, 300)])  # epsilon about 10, beyond 8
+    client = HospitalClient(make_context(cfg, tmp_path))
+    HospitalState(client._state_file(), ledger=spent.to_json()).save()
     client = HospitalClient(make_context(cfg, tmp_path))
 
     reply = client.train(train_message(n_ref=client.data.num_train))
@@ -135,8 +136,8 @@ def test_non_finite_update_is_refused_before_encrypting(tmp_path, monkeypatch):
         client.train(train_message(n_ref=client.data.num_train))
     assert encrypted == []
     # it trained on its data, so the round is charged to its budget all the same (conservative)
-    saved = HospitalState.load(tmp_path / "state" / "hospital_0.npz")
-    assert PrivacyLedger.from_json(saved.ledger, "rdp").steps > 0
+    saved = HospitalState.load(client._state_file())
+    assert PrivacyLedger.from_json(saved.ledger, cfg.privacy.accountant).steps > 0
 
 
 def test_hospital_applies_an_aggregate_once_and_detects_a_gap(tmp_path):
@@ -161,7 +162,7 @@ def test_state_survives_a_restart_of_the_hospital_process(tmp_path):
     start = client.global_weights().astype(np.float64)
     client.sync(aggregate_message(1, np.full_like(start, 0.02), total_weight=1.0, count=1))
     client.train(train_message(rnd=2, n_ref=client.data.num_train))
-    before = HospitalState.load(tmp_path / "state" / "hospital_0.npz")
+    before = HospitalState.load(client._state_file())
     from pipeline.flower import hospital_state
 
     hospital_state._CACHE.clear()  # a new process has no cache
@@ -173,7 +174,7 @@ def test_state_survives_a_restart_of_the_hospital_process(tmp_path):
     assert restarted.model_round == 1
     np.testing.assert_array_equal(restarted.global_weights(), before.weights)
     np.testing.assert_allclose(restarted.global_weights(), start + 0.02, atol=1e-6)
-    assert restarted.ledger().steps == PrivacyLedger.from_json(before.ledger, "rdp").steps > 0
+    assert restarted.ledger().steps == PrivacyLedger.from_json(before.ledger, cfg.privacy.accountant).steps > 0
 
 
 def test_hospital_applies_the_strategy_server_optimizer_and_keeps_its_state(tmp_path):
@@ -194,7 +195,7 @@ def test_hospital_applies_the_strategy_server_optimizer_and_keeps_its_state(tmp_
     for delta in deltas:
         expected, state = adam.step(expected, (2.0 * delta).astype(np.float32).astype(np.float64) / 2.0, state)
     np.testing.assert_allclose(client.global_weights(), expected, rtol=0, atol=1e-6)
-    saved = HospitalState.load(tmp_path / "state" / "hospital_0.npz")
+    saved = HospitalState.load(client._state_file())
     assert set(saved.optimizer) == {"m", "v", "t"} and int(saved.optimizer["t"][0]) == 2
 
 
@@ -225,3 +226,61 @@ def test_evaluate_reply_holds_metrics_only(tmp_path):
     assert 0 < reply[M.CONFIG][M.EPSILON] <= 8.0  # its spending so far, also if a train reply got lost
     assert set(reply[M.METRICS].keys()) == {*M.VAL_METRICS, M.DECODE_SECONDS, M.NUM_VAL}
     assert client.model_round == 1
+
+
+def _update(tmp_path, name: str, *overrides: str) -> np.ndarray:
+    cfg = make_cfg("encryption=none", *overrides)
+    client = HospitalClient(make_context(cfg, tmp_path / name))
+    return Payload.get(client.train(train_message(n_ref=client.data.num_train))).values
+
+
+@pytest.mark.parametrize("overrides", [(), ("privacy.secure_mode=false",)], ids=["secure", "unpredictable"])
+def test_two_trainings_of_one_config_release_different_updates(tmp_path, overrides):
+    first, second = _update(tmp_path, "a", *overrides), _update(tmp_path, "b", *overrides)
+
+    assert not np.array_equal(first, second)
+
+
+def test_reproducible_trainings_of_one_config_release_the_same_update(tmp_path):
+    flags = ("privacy.reproducible=true", "privacy.secure_mode=false")
+    first, second = _update(tmp_path, "a", *flags), _update(tmp_path, "b", *flags)
+
+    np.testing.assert_array_equal(first, second)
+
+
+def test_the_train_reply_carries_the_dp_report(tmp_path):
+    cfg = make_cfg()
+    client = HospitalClient(make_context(cfg, tmp_path))
+
+    conf = client.train(train_message(n_ref=client.data.num_train))[M.CONFIG]
+
+    report = json.loads(conf[M.DP_REPORT])
+    assert report["randomness"] == "secure" and report["accountant"] == cfg.privacy.accountant
+    assert report["num_train"] == client.data.num_train and report["max_grad_norm"] == cfg.privacy.max_grad_norm
+    acc = __import__("opacus.accountants", fromlist=["create_accountant"]).create_accountant(report["accountant"])
+    acc.history = [tuple(h) for h in report["history"]]
+    assert acc.get_epsilon(delta=report["delta"]) == pytest.approx(conf[M.EPSILON])
+    assert report["lifetime_epsilon"] == pytest.approx(conf[M.EPSILON])  # its first study
+
+
+def test_a_hospital_capped_at_ten_takes_one_epsilon_8_study_and_refuses_a_second(tmp_path):
+    # Prepare: a hospital with its own lifetime cap (node config), the same folders for both studies
+    def hospital(study: str) -> HospitalClient:
+        cfg = make_cfg("encryption=none", f"+study_id={study}", "federation.rounds=1")
+        context = make_context(cfg, tmp_path)
+        context.node_config["max-lifetime-epsilon"] = 10.0
+        return HospitalClient(context)
+
+    # Execute: the first study joins and trains its one round (spending epsilon 8); the second asks to join
+    first = hospital("study-one")
+    joined = first.query()[M.CONFIG]
+    trained = first.train(train_message(n_ref=first.data.num_train))[M.CONFIG]
+    refused = hospital("study-two").query()[M.CONFIG]
+
+    # Assert
+    assert M.PROBLEM not in joined and trained[M.OUT_OF_BUDGET] is False
+    assert 7.5 < trained[M.EPSILON] <= 8.0
+    problem = refused[M.PROBLEM]
+    assert "hospital 0 refuses" in problem and "max-lifetime-epsilon=10" in problem
+    left = 10.0 - trained[M.EPSILON]
+    assert f"budget left: {left:.3f} of 10" in problem

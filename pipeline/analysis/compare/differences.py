@@ -14,10 +14,11 @@ from pipeline.config.tree import flatten
 
 # Config keys that never count as a difference between runs, besides paths (pipeline.config.paths).
 IGNORED_PREFIXES = ("hydra.", "deployment.")
+IGNORED_KEYS = ("study_id",)  # new for every run: naming it would make every pair of runs differ
 
 
 def _ignored(key: str) -> bool:
-    return is_path_key(key) or key == "hydra" or key.startswith(IGNORED_PREFIXES)
+    return is_path_key(key) or key == "hydra" or key in IGNORED_KEYS or key.startswith(IGNORED_PREFIXES)
 
 
 def differing_keys(configs: Sequence[dict[str, Any]]) -> list[str]:

@@ -1,5 +1,6 @@
 """The numbers of one run: test metrics, epsilon, rounds, time, bytes and encryption overhead from
-``summary.json`` and ``metrics.csv``, and the attack scores from ``attack/report.json`` when the
+``summary.json`` and ``metrics.csv``, the DP mechanism from ``privacy.json`` (noise multiplier,
+randomness source, lifetime epsilon), and the attack scores from ``attack/report.json`` when the
 run was attacked (``scripts/attack.py``)."""
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ METRIC_COLUMNS = [
     "test_accuracy",
     "test_mcc",
     "epsilon",
+    "noise_multiplier",
+    "randomness",
+    "lifetime_epsilon",
     "rounds",
     "seconds",
     "bytes_up_per_round",
@@ -26,6 +30,7 @@ METRIC_COLUMNS = [
     "mia_auc",
 ]
 ATTACK_REPORT = Path("attack") / "report.json"  # written by scripts/attack.py
+PRIVACY_REPORT = "privacy.json"  # written by the server, from what each hospital reports
 ATTACK_COLUMNS = ("attack_ssim_plaintext", "attack_ssim_dp", "mia_auc")
 
 
@@ -57,17 +62,36 @@ def run_metrics(run: Run) -> dict[str, float | int | None]:
         overhead = 100.0 * (sum(per_round) / len(per_round)) / seconds
     rounds = run.summary.get("rounds_completed")
     attack = attack_metrics(run.path)
+    dp = privacy_metrics(run.path)
     return {
         "test_auc": test.get("auc"),
         "test_accuracy": test.get("accuracy"),
         "test_mcc": test.get("mcc"),
         "epsilon": max_epsilon(run.summary),
+        **dp,
         "rounds": int(rounds) if rounds is not None else (len(rows) or None),
         "seconds": run.summary.get("seconds"),
         "bytes_up_per_round": mean_present(r.get("bytes_up") for r in rows),
         "bytes_down_per_round": mean_present(r.get("bytes_down") for r in rows),
         "encryption_overhead_pct": overhead,
         **attack,
+    }
+
+
+def privacy_metrics(folder: Path) -> dict[str, Any]:
+    """From privacy.json: the largest noise multiplier and lifetime epsilon, and the randomness source(s)."""
+    try:
+        hospitals = json.loads((folder / PRIVACY_REPORT).read_text()).get("hospitals") or {}
+    except (OSError, ValueError):
+        hospitals = {}
+    reports = list(hospitals.values())
+    noise = [r["noise_multiplier"] for r in reports if r.get("noise_multiplier") is not None]
+    lifetime = [r["lifetime_epsilon"] for r in reports if r.get("lifetime_epsilon") is not None]
+    kinds = sorted({str(r.get("randomness")) for r in reports if r.get("randomness")})
+    return {
+        "noise_multiplier": max(noise) if noise else None,
+        "randomness": "/".join(kinds) if kinds else None,
+        "lifetime_epsilon": max(lifetime) if lifetime else None,
     }
 
 

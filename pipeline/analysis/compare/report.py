@@ -28,7 +28,7 @@ def _format_metric(column: str, value: Any) -> str:
         return MISSING
     if column in ("test_auc", "test_accuracy", "test_mcc", *ATTACK_COLUMNS) or column.endswith(("_mean", "_std")):
         return f"{value:.4f}"
-    if column == "epsilon":
+    if column in ("epsilon", "lifetime_epsilon", "noise_multiplier"):
         return f"{value:.3f}"
     if column == "seconds":
         return f"{value:.1f}"
@@ -114,6 +114,9 @@ def report_markdown(c: Comparison, sources: Sequence[str]) -> str:
         runs_markdown(c),
         "",
         "- `epsilon`: largest epsilon spent by any hospital (`-`: no DP).",
+        "- `noise_multiplier`, `randomness`, `lifetime_epsilon`: from privacy.json: the largest noise multiplier, "
+        "where the DP batches and noise came from (secure / unpredictable / reproducible: not private), and the "
+        "largest lifetime epsilon of a hospital over all its studies.",
         "- `seconds`: wall time of the whole run; `rounds`: rounds completed.",
         "- `bytes_*_per_round`: per hospital and round, mean over the rounds of metrics.csv.",
         "- `encryption_overhead_pct`: mean (aggregate + encode + decode) seconds over the mean seconds of a round.",
