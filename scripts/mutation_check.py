@@ -59,6 +59,20 @@ MUTATIONS = (
         ("tests/privacy/test_bk_clipping.py", "tests/analysis/test_attacks.py"),
     ),
     Mutation(
+        "DP randomness seeded from the config",
+        "pipeline/privacy/randomness.py",
+        "return TorchRandomness(kind, secrets.randbits(63))",
+        "return TorchRandomness(kind, int(seed) + int(hospital) + int(rnd))",
+        ("tests/privacy/test_randomness.py", "tests/flower/test_client_app.py"),
+    ),
+    Mutation(
+        "lifetime cap not enforced",
+        "pipeline/flower/client_app.py",
+        "if would <= cap * (1 + BUDGET_SLACK):",
+        "if True:",
+        ("tests/flower/test_client_app.py",),
+    ),
+    Mutation(
         "accountant step not recorded",
         "pipeline/privacy/engine.py",
         "    engine.accountant = ledger.accountant  # steps are recorded straight into the ledger\n",
