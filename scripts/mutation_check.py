@@ -40,8 +40,8 @@ MUTATIONS = (
     Mutation(
         "noise off (default bk clipping)",
         "pipeline/privacy/engine.py",
-        "engine, model, optimizer, nn.CrossEntropyLoss(), loader, plan.noise_multiplier, plan.max_grad_norm",
-        "engine, model, optimizer, nn.CrossEntropyLoss(), loader, 0.0, plan.max_grad_norm",
+        "engine, model, optimizer, criterion, loader, plan.noise_multiplier, plan.max_grad_norm",
+        "engine, model, optimizer, criterion, loader, 0.0, plan.max_grad_norm",
         ("tests/privacy/test_noise.py",),
     ),
     Mutation(
@@ -120,6 +120,41 @@ MUTATIONS = (
         "if not np.all(np.isfinite(change)):",
         "if False:",
         ("tests/flower/test_client_app.py",),
+    ),
+    Mutation(
+        "round check of an aggregate not verified",
+        "pipeline/secagg/codec.py",
+        "if not np.array_equal(counted, count * check):",
+        "if False:",
+        ("tests/secagg/test_masking.py",),
+    ),
+    Mutation(
+        "aggregate of fewer than min_hospitals opened",
+        "pipeline/secagg/codec.py",
+        "if count < min_hospitals:",
+        "if False:",
+        ("tests/secagg/test_masking.py",),
+    ),
+    Mutation(
+        "pair masks not added",
+        "pipeline/secagg/masks.py",
+        "        out = (out + mask) & modulus if pair_sign(me, other) > 0 else (out - mask) & modulus\n",
+        "        out = out\n",
+        ("tests/secagg/test_masking.py",),
+    ),
+    Mutation(
+        "a second survivor set unmasked (the retry trap)",
+        "pipeline/secagg/protocol.py",
+        "if tag in answered and answered[tag] != survivors:",
+        "if False:",
+        ("tests/secagg/test_masking.py",),
+    ),
+    Mutation(
+        "hospital runs any _target_ the server names",
+        "pipeline/config/trust.py",
+        "    if bad:\n",
+        "    if False:\n",
+        ("tests/flower/test_secure_federation.py",),
     ),
     Mutation(
         "server imports the key module",

@@ -34,7 +34,8 @@ from pipeline.outputs.console import progress_line
 from pipeline.outputs.recorder import PRIVACY_FILE, RunRecorder, write_json
 from pipeline.secagg import aggregates
 from pipeline.secagg.aggregates import Aggregate
-from pipeline.secagg.params import num_chunks
+from pipeline.secagg.params import layout, num_chunks, share_threshold, slots_per_chunk
+from pipeline.secagg.recovery import RecoveryFailed, RoundSecrets, recover, unmask_requests
 from pipeline.secagg.server_sum import CiphertextSum, PlainSum, new_sum
 from pipeline.secagg.wire import Payload
 from strategies.aggregation import weighted_mean
@@ -42,6 +43,7 @@ from strategies.server_optimizers import ServerOptimizer
 
 log = logging.getLogger("fedmed.server")
 POLL_SECONDS = 0.05
+MAX_ATTEMPTS = 2  # a round whose checks fail is tried once more, afresh, before the run stops
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
 
@@ -57,6 +59,8 @@ class Site:
     epsilon: float = 0.0
     out_of_budget: bool = False
     dp_reports: list[dict[str, Any]] = field(default_factory=list)  # per round trained: plan, history, epsilon
+    agree_key: str = ""  # secure aggregation: this run's signed agreement key, relayed to the others
+    agree_sig: bytes = b""
 
 
 @dataclass
@@ -76,6 +80,9 @@ class RoundTally:
     dropped: list[int] = field(default_factory=list)
     aggregate_seconds: float = 0.0
     bytes_down: list[int] = field(default_factory=list)
+    attempt: int = 0
+    contributors: list[int] = field(default_factory=list)  # hospital ids whose updates are in the sum
+    secrets: RoundSecrets = field(default_factory=RoundSecrets)
 
 
 class SecureFedAvg(Strategy):
@@ -112,6 +119,8 @@ class SecureFedAvg(Strategy):
         self.status, self.stop_reason = "completed", ""
         self.rows: list[dict[str, Any]] = []
         self._tally: RoundTally | None = None
+        self._refusals: list[str] = []
+        self.attempt = 0  # of the current round: a round abandoned by the checks is retried afresh
 
     # --- Flower's hooks --------------------------------------------------------------------
     def summary(self) -> None:
@@ -126,10 +135,23 @@ class SecureFedAvg(Strategy):
 
     def train_config(self, server_round: int) -> dict[str, Any]:
         """What every hospital is told for training round ``server_round`` (subclasses add to it)."""
-        return {
+        conf = {
             M.ROUND: server_round,
+            M.ATTEMPT: self.attempt,
             M.N_REF: self.n_ref,
             M.SERVER_OPTIMIZER: json.dumps(self.server_optimizer.spec()),
+        }
+        if self.server_context is not None:
+            conf.update(self._roster())
+        return conf
+
+    def _roster(self) -> dict[str, Any]:
+        """The participants' signed agreement keys, relayed to every hospital (it checks the signatures)."""
+        sites = sorted(self.sites.values(), key=lambda s: s.hospital)
+        return {
+            M.ROSTER_IDS: [s.hospital for s in sites],
+            M.ROSTER_KEYS: [s.agree_key for s in sites],
+            M.ROSTER_SIGS: [s.agree_sig for s in sites],
         }
 
     def configure_train(
@@ -142,7 +164,9 @@ class SecureFedAvg(Strategy):
         previous = Aggregate.from_record(arrays) if len(arrays) else None
         chunks = num_chunks(self.num_params, self.encryption) if self.server_context is not None else 0
         self._tally = RoundTally(
-            server_round, new_sum(size=self.num_params, server_context=self.server_context, num_chunks=chunks)
+            server_round,
+            new_sum(size=self.num_params, server_context=self.server_context, num_chunks=chunks),
+            attempt=self.attempt,
         )
         conf = {**dict(config), **self.train_config(server_round)}
         out = []
@@ -182,11 +206,18 @@ class SecureFedAvg(Strategy):
             log.warning("round %d: dropped the reply of %s: %s", tally.round, self._name(node), problem)
             tally.dropped.append(node)
             return
+        if payload.chunks is not None and M.SELF_COMMIT not in c:
+            log.warning("round %d: dropped the reply of %s: it is not masked", tally.round, self._name(node))
+            tally.dropped.append(node)
+            return
         t0 = time.perf_counter()
         tally.total.add(payload)
         tally.aggregate_seconds += time.perf_counter() - t0
         tally.weight += float(c[M.WEIGHT])
         tally.count += 1
+        tally.contributors.append(site.hospital)
+        if payload.chunks is not None:
+            tally.secrets.keep(site.hospital, c, payload.chunks[-1])
         m = reply.content[M.METRICS]
         tally.losses.append((float(m[M.TRAIN_LOSS]), site.num_train))
         tally.bytes_up.append(payload.nbytes)
@@ -206,6 +237,8 @@ class SecureFedAvg(Strategy):
             return "duplicate reply"
         if int(c[M.ROUND]) != tally.round:
             return f"stale round number {c[M.ROUND]} (current {tally.round})"
+        if int(c.get(M.ATTEMPT, tally.attempt)) != tally.attempt:
+            return f"stale attempt {c.get(M.ATTEMPT)} of round {tally.round} (current {tally.attempt})"
         return None
 
     def aggregate_train(
@@ -263,6 +296,8 @@ class SecureFedAvg(Strategy):
             c = reply.content[M.CONFIG]
             if M.PROBLEM in c:
                 log.warning("round %d: %s: %s", server_round, self._name(node), c[M.PROBLEM])
+                if bool(c.get(M.REFUSED, False)):
+                    self._refusals.append(f"{self._name(node)} {c[M.PROBLEM]}")
                 continue
             if node in self.sites:
                 self.sites[node].synced_round = int(c[M.MODEL_ROUND])
@@ -315,8 +350,10 @@ class SecureFedAvg(Strategy):
             if recorder is None:
                 raise ValueError("resume needs the run folder's recorder")
             first, arrays = self._resume(recorder, evaluate_fn)
-        for rnd in range(first, num_rounds + 1):
+        rnd = first
+        while rnd <= num_rounds:
             t0 = time.perf_counter()
+            self._refusals = []
             self._exchange(grid, self.configure_train(rnd, arrays, train_config, grid), timeout, self.add_train_reply)
             agg_arrays, train_metrics = self.aggregate_train(rnd, [])
             row: dict[str, Any] = {"round": rnd, **dict(train_metrics or {})}
@@ -330,12 +367,23 @@ class SecureFedAvg(Strategy):
                 self.status, self.stop_reason = "stopped_early", why
                 log.warning("stopping early: %s", why)
                 break
-            result.arrays, result.train_metrics_clientapp[rnd] = agg_arrays, train_metrics
+            if self.server_context is not None:
+                try:
+                    agg_arrays = self.unmask(grid, timeout, agg_arrays)
+                except RecoveryFailed as err:
+                    if self._abandon(rnd, str(err)):
+                        break
+                    continue
             agg = Aggregate.from_record(agg_arrays)
-            if recorder is not None:
-                aggregates.save(recorder.dir, agg)
             replies = self._exchange(grid, self.configure_evaluate(rnd, agg_arrays, evaluate_config, grid), timeout)
             evaluated = self.aggregate_evaluate(rnd, replies)
+            if self._refusals:
+                if self._abandon(rnd, "; ".join(self._refusals)):
+                    break
+                continue
+            result.arrays, result.train_metrics_clientapp[rnd] = agg_arrays, train_metrics
+            if recorder is not None:
+                aggregates.save(recorder.dir, agg)  # only an aggregate the hospitals accepted
             if evaluated is not None:
                 result.evaluate_metrics_clientapp[rnd] = evaluated
                 row.update(dict(evaluated))
@@ -354,10 +402,27 @@ class SecureFedAvg(Strategy):
                 recorder.write_checkpoint({"completed_round": rnd, "rounds": num_rounds, "num_params": self.num_params})
             arrays = agg_arrays
             log.info(progress_line(row, num_rounds))
+            self.attempt = 0
             if stop_after == rnd and rnd < num_rounds:
                 self.status = "paused"
                 break
+            rnd += 1
         return result
+
+    def _abandon(self, rnd: int, why: str) -> bool:
+        """Give up this attempt at round ``rnd`` (nothing is applied or saved); True when the run must stop.
+
+        The round is tried again with fresh training and fresh masks (never the same update under
+        other masks); after :data:`MAX_ATTEMPTS` failed attempts the run stops with the last good model.
+        """
+        log.warning("round %d (attempt %d) abandoned, no model update applied: %s", rnd, self.attempt + 1, why)
+        self.attempt += 1
+        if self.attempt < MAX_ATTEMPTS:
+            return False
+        self.status = "stopped_early"
+        self.stop_reason = f"round {rnd}: {self.attempt} attempts abandoned; last: {why}"
+        log.warning("stopping early: %s", self.stop_reason)
+        return True
 
     def query(self, grid: Grid, timeout: float) -> None:
         """Learn each hospital's training-set size, data shape and model size (no data leave)."""
@@ -378,6 +443,8 @@ class SecureFedAvg(Strategy):
                 refusals.append(str(c[M.PROBLEM]))
                 continue
             self.sites[node] = Site(node, int(c[M.HOSPITAL]), int(c[M.NUM_TRAIN]), int(c[M.NUM_PARAMS]))
+            if M.AGREE_KEY in c:
+                self.sites[node].agree_key, self.sites[node].agree_sig = str(c[M.AGREE_KEY]), bytes(c[M.AGREE_SIG])
             self.shape = (int(c[M.CHANNELS]), int(c[M.NUM_CLASSES]), int(c[M.IMAGE_SIZE]))
         if len(self.sites) < self.min_hospitals:
             why = f"only {len(self.sites)} hospital(s) joined, fewer than federation.min_hospitals={self.min_hospitals}"
@@ -440,8 +507,51 @@ class SecureFedAvg(Strategy):
             content[M.CONFIG][M.AGG_ROUND] = agg.round
             content[M.CONFIG][M.TOTAL_WEIGHT] = agg.total_weight
             content[M.CONFIG][M.COUNT] = agg.count
+            if agg.unmask:
+                content[M.CONFIG][M.UNMASK_INFO] = json.dumps(agg.unmask)
             agg.payload.put(content)
         return content
+
+    def unmask(self, grid: Grid, timeout: float, agg_arrays: ArrayRecord) -> ArrayRecord:
+        """Ask the survivors what removes the masks of the round's sum; the aggregate with that information.
+
+        Raises:
+            RecoveryFailed: the masks cannot be removed (a reply under another key, missing answers).
+        """
+        tally = self._tally
+        participants = sorted(s.hospital for s in self.sites.values())
+        node_of = {s.hospital: node for node, s in self.sites.items()}
+        shape = layout(self.num_params, self.encryption)
+        last = num_chunks(self.num_params, self.encryption) - 1
+        key_slot = shape.key_slot - last * slots_per_chunk(self.encryption)
+        requests = unmask_requests(tally.contributors, participants, tally.secrets, key_slot)
+        base = {M.ROUND: tally.round, M.ATTEMPT: tally.attempt, **self._roster()}
+        messages = [
+            Message(
+                content=RecordDict({M.CONFIG: ConfigRecord({**base, **request})}),
+                message_type=M.UNMASK,
+                dst_node_id=node_of[hospital],
+            )
+            for hospital, request in requests.items()
+        ]
+        for i, node in enumerate(self.sites):
+            tally.bytes_down[i] += len(requests.get(self.sites[node].hospital, {}).get(M.VERIFY_CHUNK, b""))
+        answers = {}
+        for reply in self._exchange(grid, messages, timeout):
+            hospital = self.sites[reply.metadata.src_node_id].hospital
+            if reply.has_error():
+                log.warning("round %d: hospital %d failed to unmask: %s", tally.round, hospital, reply.error.reason)
+            elif M.PROBLEM in reply.content[M.CONFIG]:
+                why = reply.content[M.CONFIG][M.PROBLEM]
+                log.warning("round %d: hospital %d refuses to unmask: %s", tally.round, hospital, why)
+            else:
+                answers[hospital] = dict(reply.content[M.CONFIG])
+        info = recover(
+            tally.contributors, participants, answers, tally.secrets, share_threshold(self.min_hospitals), tally.attempt
+        )
+        agg = Aggregate.from_record(agg_arrays)
+        agg.unmask = info
+        return agg.to_record()
 
     def _name(self, node: int) -> str:
         site = self.sites.get(node)

@@ -22,15 +22,32 @@ class DataConfig:
     limit: int | None = None
     mean: float = MISSING
     std: float = MISSING
-    augment: bool = MISSING
+    # true | false | a list of MONAI array transforms by _target_
+    augment: Any = MISSING
     # medmnist
     flag: str | None = None
     download: bool | None = None
     size: int | None = None
     # folder
     test_root: str | None = None
+    # folder and manifest
     test_fraction: float | None = None
-    # folder and synthetic
+    classes: list[str] | None = None
+    spatial_dims: int | None = None
+    # minmax | [low, high]
+    intensity: Any = None
+    cache: str | None = None
+    cache_dir: str | None = None
+    cache_memory: float | None = None
+    on_bad_file: str | None = None
+    # manifest
+    manifest: str | None = None
+    test_manifest: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+    multi_label: bool | None = None
+    label_separator: str | None = None
+    # folder, manifest and synthetic
     image_size: int | None = None
     # synthetic
     num_samples: int | None = None
@@ -51,7 +68,7 @@ class FederationConfig:
     num_hospitals: int = MISSING
     rounds: int = MISSING
     val_fraction: float = MISSING
-    min_hospitals: int = MISSING
+    min_hospitals: int | None = None
     round_timeout: float = MISSING
     stop_after: int | None = None
     hospital_dir: str = MISSING
@@ -83,6 +100,7 @@ class EncryptionConfig:
     fields_per_slot: int = MISSING
     field_bits: int = MISSING
     clip: float = MISSING
+    colluders: int = MISSING
 
 
 @dataclass

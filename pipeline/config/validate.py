@@ -12,14 +12,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config.schema import GROUP_SCHEMAS, OPTIONAL_GROUP_SCHEMAS
 from pipeline.errors import ConfigError
-from pipeline.secagg.params import parameter_problems
+from pipeline.secagg.params import parameter_problems, required_min_hospitals, withstands
 
-DATA_KINDS = ("medmnist", "folder", "synthetic")
+DATA_KINDS = ("medmnist", "folder", "manifest", "synthetic")
+CACHE_MODES = ("none", "persistent", "memory")
+BAD_FILE_POLICIES = ("refuse", "skip")
 MODES = ("federated", "centralized", "local")
 ACCOUNTANTS = ("rdp", "prv")
 GRAD_SAMPLE_MODES = ("ghost", "hooks", "functorch", "bk")
@@ -76,11 +78,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(fed.num_hospitals >= 1, f"federation.num_hospitals={fed.num_hospitals} must be >= 1")
     _check(fed.rounds >= 1, f"federation.rounds={fed.rounds} must be >= 1")
     _check(0 < fed.val_fraction < 1, f"federation.val_fraction={fed.val_fraction} must be in (0, 1)")
-    _check(
-        1 <= fed.min_hospitals <= fed.num_hospitals,
-        f"federation.min_hospitals={fed.min_hospitals} must be between 1 and "
-        f"federation.num_hospitals={fed.num_hospitals}",
-    )
+    _validate_min_hospitals(cfg)
     _check(
         fed.stop_after is None or 1 <= fed.stop_after <= fed.rounds,
         f"federation.stop_after={fed.stop_after} must be between 1 and federation.rounds={fed.rounds} (or null)",
@@ -120,11 +118,22 @@ def validate(cfg: DictConfig) -> DictConfig:
 
 
 # Keys each data kind needs (beyond the ones every kind has).
+_FILE_KEYS = ("image_size", "test_fraction", "spatial_dims", "intensity", "cache", "on_bad_file")
 DATA_KEYS = {
     "medmnist": ("root", "flag", "download", "size"),
-    "folder": ("root", "image_size", "test_fraction"),
+    "folder": ("root", *_FILE_KEYS),
+    "manifest": ("manifest", "image_column", "label_column", "multi_label", "label_separator", *_FILE_KEYS),
     "synthetic": ("num_samples", "num_classes", "image_size"),
 }
+
+
+def _is_window(value: Any) -> bool:
+    """Two numbers, low < high."""
+    if not isinstance(value, ListConfig) or len(value) != 2:
+        return False
+    low, high = value
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
+    return numbers and low < high
 
 
 def _validate_data(data: DictConfig) -> None:
@@ -132,6 +141,81 @@ def _validate_data(data: DictConfig) -> None:
     _check(not unset, f"data.kind={data.kind} needs {', '.join(unset)}; set it (e.g. {unset[0]}=...)" if unset else "")
     if data.test_fraction is not None:
         _check(0 < data.test_fraction < 1, f"data.test_fraction={data.test_fraction} must be in (0, 1)")
+    if data.image_size is not None:
+        _check(data.image_size >= 4, f"data.image_size={data.image_size} must be >= 4 pixels")
+    dims = data.spatial_dims if data.spatial_dims is not None else 2
+    _check(dims in (2, 3), f"data.spatial_dims={dims} must be 2 (images) or 3 (volumes)")
+    _check(
+        dims == 2 or data.kind in ("folder", "manifest"),
+        f"data.spatial_dims=3 needs volumes from files (data=manifest or data=folder); data.kind={data.kind} is 2D",
+    )
+    _check(
+        data.cache is None or data.cache in CACHE_MODES,
+        f"data.cache={data.cache!r} is unknown; use one of {CACHE_MODES}",
+    )
+    _check(
+        data.cache != "persistent" or bool(data.cache_dir),
+        "data.cache=persistent needs data.cache_dir (a folder only this user can read)",
+    )
+    _check(
+        data.cache != "memory" or (data.cache_memory is not None and data.cache_memory > 0),
+        f"data.cache=memory needs data.cache_memory > 0 (MiB per data set), not {data.cache_memory}",
+    )
+    _check(
+        data.on_bad_file is None or data.on_bad_file in BAD_FILE_POLICIES,
+        f"data.on_bad_file={data.on_bad_file!r} is unknown; use one of {BAD_FILE_POLICIES}",
+    )
+    _check(
+        not data.multi_label or data.kind == "manifest",
+        f"data.multi_label=true needs a manifest listing several findings per image (data=manifest), "
+        f"not data.kind={data.kind}",
+    )
+    if data.classes is not None:
+        names = [str(c) for c in data.classes]
+        _check(
+            len(names) >= 1 and len(set(names)) == len(names) and all(n.strip() for n in names),
+            f"data.classes={names} must list distinct, non-empty class names",
+        )
+        _check(
+            data.multi_label or len(names) >= 2,
+            f"data.classes={names} names one class; a classifier needs at least two",
+        )
+    _check(
+        data.intensity is None or data.intensity == "minmax" or _is_window(data.intensity),
+        f"data.intensity={data.intensity} must be minmax (per image) or a window [low, high] with low < high",
+    )
+    augment = data.augment
+    _check(
+        isinstance(augment, bool)
+        or (isinstance(augment, ListConfig) and all(isinstance(t, DictConfig) and "_target_" in t for t in augment)),
+        f"data.augment={augment} must be true (light random affine), false, or a list of MONAI transforms "
+        "by _target_ (e.g. [{_target_: monai.transforms.RandFlip, prob: 0.5, spatial_axis: 1}])",
+    )
+
+
+def _validate_min_hospitals(cfg: DictConfig) -> None:
+    """Fill ``federation.min_hospitals`` (null) and check it against ``encryption.colluders``."""
+    fed, enc = cfg.federation, cfg.encryption
+    n, colluders = int(fed.num_hospitals), int(enc.colluders)
+    _check(colluders >= 0, f"encryption.colluders={colluders} must be >= 0")
+    explicit = fed.min_hospitals is not None
+    if not explicit:  # the same with and without encryption: twins differ only in encryption
+        fed.min_hospitals = required_min_hospitals(n, colluders)
+    m = int(fed.min_hospitals)
+    _check(1 <= m <= n, f"federation.min_hospitals={m} must be between 1 and federation.num_hospitals={n}")
+    if not (bool(enc.enabled) and fed.mode == "federated") or withstands(n, m, colluders):
+        return
+    need = required_min_hospitals(n, colluders)
+    if explicit and withstands(n, need, colluders):
+        raise ConfigError(
+            f"federation.min_hospitals={m} with {n} hospitals lets the server colluding with {colluders} "
+            f"hospital(s) unmask an individual update; use federation.min_hospitals >= {need}, or "
+            "encryption.colluders=0 to accept that"
+        )
+    raise ConfigError(
+        f"with {n} hospitals no aggregate can hide an update from the server colluding with {colluders} "
+        "hospital(s) (the sum of the others reveals it); use more hospitals or encryption.colluders=0"
+    )
 
 
 def _validate_deployment(cfg: DictConfig) -> None:

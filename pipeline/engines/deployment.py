@@ -45,11 +45,14 @@ from pipeline.flower.context import (
     DATA_ROOT_KEY,
     MAX_LIFETIME_KEY,
     PARTITION_KEY,
+    ROSTER_KEY,
     SECRET_CONTEXT_KEY,
+    SIGNING_KEY_KEY,
     STATE_DIR_KEY,
 )
 from pipeline.outputs.atomic import write_atomic
 from pipeline.outputs.recorder import METRICS_FILE, read_metrics
+from pipeline.secagg.params import ROSTER_FILE
 
 log = logging.getLogger("fedmed")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: pyproject.toml, the Flower app
@@ -320,6 +323,8 @@ class HospitalSite:
         }
         if self.secret_context is not None:
             values[SECRET_CONTEXT_KEY] = str(self.secret_context)
+            values[SIGNING_KEY_KEY] = str(self.private_key)  # the SuperNode's node key signs its mask keys
+            values[ROSTER_KEY] = str(self.folder / ROSTER_FILE)
         if self.max_lifetime_epsilon is not None:  # the hospital's own cap (privacy.max_lifetime_epsilon here)
             values[MAX_LIFETIME_KEY] = float(self.max_lifetime_epsilon)
         return values
@@ -346,6 +351,12 @@ def prepare_sites(cfg: DictConfig, workspace: Path, secret: Path | None) -> list
             copy = write_atomic(folder / secret.name, secret.read_bytes(), private=True)
         cap = cfg.privacy.max_lifetime_epsilon if cfg.privacy.enabled else None
         sites.append(HospitalSite(folder, private, public, folder, copy, cap))
+    if secret is not None:  # the pairwise masks: each hospital signs with its node key; all get the roster
+        from pipeline.secagg.agreement import write_roster
+
+        public_keys = {i: site.public_key.read_bytes() for i, site in enumerate(sites)}
+        for site in sites:
+            write_roster(site.folder / ROSTER_FILE, public_keys)
     return sites
 
 

@@ -25,11 +25,13 @@ from pipeline.flower.context import (
     LIFETIME_DIR_KEY,
     MAX_LIFETIME_KEY,
     PUBLIC_CONTEXT_KEY,
+    ROSTER_KEY,
     SECRET_CONTEXT_KEY,
+    SIGNING_DIR_KEY,
     STATE_DIR_KEY,
 )
 from pipeline.outputs.recorder import SUMMARY_FILE
-from pipeline.secagg.params import SECRET_FILE, SERVER_FILE
+from pipeline.secagg.params import ROSTER_FILE, SECRET_FILE, SERVER_FILE, SIGNING_DIR
 
 log = logging.getLogger("fedmed")
 
@@ -62,7 +64,9 @@ def make_ckks_keys(cfg: DictConfig, folder: Path) -> tuple[Path, Path]:
     """
     if not (folder / SECRET_FILE).exists():
         overrides = [f"encryption.{k}={v}".replace(" ", "") for k, v in cfg.encryption.items() if k != "enabled"]
-        _run_module("pipeline.secagg.keys", "--out", str(folder), *overrides)
+        overrides.append(f"federation.num_hospitals={cfg.federation.num_hospitals}")
+        hospitals = str(int(cfg.federation.num_hospitals))
+        _run_module("pipeline.secagg.keys", "--out", str(folder), "--hospitals", hospitals, *overrides)
     return folder / SECRET_FILE, folder / SERVER_FILE
 
 
@@ -108,6 +112,9 @@ def run_federated(cfg: DictConfig, run_dir: Path) -> dict:
         secret, server = make_ckks_keys(cfg, private)
         apps_config[PUBLIC_CONTEXT_KEY] = str(server)
         node_config[SECRET_CONTEXT_KEY] = str(secret)
+        # each simulated hospital reads its own signing key from the folder; the roster is public
+        node_config[SIGNING_DIR_KEY] = str(private / SIGNING_DIR)
+        node_config[ROSTER_KEY] = str(private / ROSTER_FILE)
     run_simulation(
         server_app=server_app.make_app(apps_config),
         client_app=client_app.make_app(apps_config, node_config),

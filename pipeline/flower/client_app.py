@@ -19,12 +19,17 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from omegaconf import DictConfig
 
-from pipeline.flower import faults
+from pipeline.config.trust import check_targets
+from pipeline.errors import ConfigError
+from pipeline.flower import fault_mod
 from pipeline.flower import messages as M
 from pipeline.flower.context import (
     LIFETIME_DIR_KEY,
     MAX_LIFETIME_KEY,
+    ROSTER_KEY,
     SECRET_CONTEXT_KEY,
+    SIGNING_DIR_KEY,
+    SIGNING_KEY_KEY,
     STATE_DIR_KEY,
     experiment,
     hospital_id,
@@ -36,6 +41,8 @@ from pipeline.privacy.ledger import BUDGET_SLACK, PrivacyLedger
 from pipeline.privacy.lifetime import LifetimeLedger, lifetime_file
 from pipeline.privacy.plan import DPPlan, plan_for_run
 from pipeline.privacy.randomness import REPRODUCIBLE, round_randomness
+from pipeline.secagg.masks import round_check
+from pipeline.secagg.params import share_threshold
 from pipeline.secagg.wire import Payload
 from pipeline.task import training
 from pipeline.task.model import build_model, get_flat, set_flat
@@ -56,6 +63,7 @@ class HospitalClient:
         self.context = context
         self.cfg: DictConfig = experiment(context)
         self.id = hospital_id(context)
+        check_targets(self.cfg, f"hospital {self.id}")  # before anything is built from the server's config
         root = own_data_root(context)
         self.data: HospitalData = own_hospital_data(self.cfg, root) if root else hospital_data(self.cfg, self.id)
         self.device = training.resolve_device(str(self.cfg.device))
@@ -125,19 +133,54 @@ class HospitalClient:
         ctx, server_bytes = load_secret_context(path)
         return CkksCodec(ctx, server_bytes, self.cfg.encryption, int(self.cfg.federation.num_hospitals))
 
-    def sync(self, content: RecordDict) -> None:
-        """Apply the aggregate in ``content`` (if any) to this hospital's copy of the global model."""
+    def protocol(self):
+        """This hospital's part of the secure-aggregation protocol (a ``HospitalProtocol``)."""
+        from pipeline.secagg.protocol import HospitalProtocol
+
+        node = self.context.node_config
+        signing = str(node.get(SIGNING_KEY_KEY, "") or "")
+        if not signing and node.get(SIGNING_DIR_KEY):
+            signing = str(Path(str(node[SIGNING_DIR_KEY])) / f"hospital_{self.id}.key")
+        roster = str(node.get(ROSTER_KEY, "") or "")
+        if not signing or not roster:
+            raise ValueError(
+                f"encryption is on but hospital {self.id} has no node config {SIGNING_KEY_KEY} (or {SIGNING_DIR_KEY}) "
+                f"and {ROSTER_KEY}: it needs its signing key and the roster of the hospitals' public keys"
+            )
+        m = int(self.cfg.federation.min_hospitals)
+        return HospitalProtocol(
+            self.id, self.study, Path(signing), Path(roster), m, share_threshold(m), self.state.secagg
+        )
+
+    def _keep(self, protocol) -> None:
+        self.state.secagg = protocol.dumps()
+        self.state.save()
+
+    def sync(self, content: RecordDict) -> float:
+        """Apply the aggregate in ``content`` (if any) to this hospital's copy of the global model.
+
+        Returns the seconds spent decoding it (decrypting, unmasking, checking).
+
+        Raises:
+            AggregateRefused: the aggregate fails its checks (nothing is applied).
+        """
         payload = Payload.get(content)
         if payload is None:
-            return
+            return 0.0
         conf = content[M.CONFIG]
         agg_round = int(conf[M.AGG_ROUND])
         if agg_round == self.model_round:
-            return
+            return 0.0
         if agg_round != self.model_round + 1:
             raise OutOfSync(f"holds the model of round {self.model_round}, got the aggregate of round {agg_round}")
         current = self.global_weights()
-        summed = self.codec().decode(payload, int(conf[M.COUNT]), len(current))
+        unmask = json.loads(str(conf.get(M.UNMASK_INFO) or "{}"))
+        minimum = int(self.cfg.federation.min_hospitals)
+        t0 = time.perf_counter()
+        summed = self.codec().open_aggregate(
+            payload, int(conf[M.COUNT]), len(current), unmask, self.study, agg_round, minimum
+        )
+        seconds = time.perf_counter() - t0
         optimizer = ServerOptimizer.from_spec(json.loads(str(conf.get(M.SERVER_OPTIMIZER) or "{}")))
         updated, opt_state = optimizer.step(current, summed / float(conf[M.TOTAL_WEIGHT]), self.state.optimizer)
         if not np.all(np.isfinite(updated)):
@@ -146,6 +189,7 @@ class HospitalClient:
         self.state.optimizer = opt_state
         self.state.model_round = agg_round
         self.state.save()
+        return seconds
 
     # --- message handlers ----------------------------------------------------------------
     def _lifetime_problem(self, plan: DPPlan, history: list) -> str | None:
@@ -175,21 +219,21 @@ class HospitalClient:
                 log.warning("%s", problem)
                 return RecordDict({M.CONFIG: ConfigRecord({M.PROBLEM: problem, M.HOSPITAL: self.id})})
         d = self.data
-        return RecordDict(
-            {
-                M.CONFIG: ConfigRecord(
-                    {
-                        M.HOSPITAL: self.id,
-                        M.NUM_TRAIN: d.num_train,
-                        M.NUM_VAL: len(d.val),
-                        M.CHANNELS: d.channels,
-                        M.NUM_CLASSES: d.num_classes,
-                        M.IMAGE_SIZE: d.image_size,
-                        M.NUM_PARAMS: len(self.global_weights()),
-                    }
-                )
-            }
-        )
+        facts = {
+            M.HOSPITAL: self.id,
+            M.NUM_TRAIN: d.num_train,
+            M.NUM_VAL: len(d.val),
+            M.CHANNELS: d.channels,
+            M.NUM_CLASSES: d.num_classes,
+            M.IMAGE_SIZE: d.image_size,
+            M.NUM_PARAMS: len(self.global_weights()),
+        }
+        if self.cfg.encryption.enabled:  # this run's signed key agreement key (secure aggregation)
+            protocol = self.protocol()
+            public, signature = protocol.advert()
+            facts[M.AGREE_KEY], facts[M.AGREE_SIG] = public.decode(), signature
+            self._keep(protocol)
+        return RecordDict({M.CONFIG: ConfigRecord(facts)})
 
     def train(self, content: RecordDict) -> RecordDict:
         """Catch up with the last aggregate, train one round, reply with the encoded weighted update."""
@@ -213,8 +257,11 @@ class HospitalClient:
         start = self.global_weights()
         model = self.new_model()
         set_flat(model, start)
-        seed = training.round_seed(int(self.cfg.seed), self.id, rnd)
-        randomness = round_randomness(self.cfg.privacy, int(self.cfg.seed), self.id, rnd)
+        # a retried round (attempt > 0) trains afresh: the same update under other masks would let a
+        # key holder subtract the two tries
+        attempt = int(conf.get(M.ATTEMPT, 0))
+        seed = training.round_seed(int(self.cfg.seed), self.id, rnd, attempt)
+        randomness = round_randomness(self.cfg.privacy, int(self.cfg.seed), self.id, rnd, attempt)
         epochs = int(self.cfg.train.local_epochs)
         mu = float(conf.get(M.PROXIMAL_MU, 0.0))
         stats = training.train_round(
@@ -233,7 +280,16 @@ class HospitalClient:
         codec = self.codec()
         # stochastic rounding: seeded only in reproducible runs, fresh OS entropy otherwise
         reproducible = randomness.kind == REPRODUCIBLE
-        payload = codec.encode(update, np.random.default_rng(seed if reproducible else None))
+        round_masks = None
+        if self.cfg.encryption.enabled:
+            protocol = self.protocol()
+            keys = protocol.pairwise_keys(_adverts(conf))
+            round_masks = protocol.round_masks(rnd, attempt, keys)
+            self._keep(protocol)
+        rng = np.random.default_rng(seed if reproducible else None)
+        payload = codec.encode(
+            update, rng, round_masks.masking if round_masks else None, round_check(self.study, rnd, attempt)
+        )
         encode_seconds = time.perf_counter() - t0
         from pipeline.secagg.codec import clipped_fraction
 
@@ -241,6 +297,10 @@ class HospitalClient:
         reply.update({M.WEIGHT: weight, M.EPSILON: eps})
         if plan is not None:
             reply[M.DP_REPORT] = json.dumps(self._dp_report(plan, ledger, eps, randomness.kind))
+        if round_masks is not None:
+            reply[M.SHARES_TO] = sorted(round_masks.shares)
+            reply[M.SHARES] = [round_masks.shares[j] for j in sorted(round_masks.shares)]
+            reply[M.SELF_COMMIT] = round_masks.commitment
         content_out = RecordDict(
             {
                 M.CONFIG: ConfigRecord(reply),
@@ -276,11 +336,37 @@ class HospitalClient:
             "max_lifetime_epsilon": self.max_lifetime_epsilon,
         }
 
+    def unmask(self, content: RecordDict) -> RecordDict:
+        """Reveal what removes this round's masks (see :mod:`pipeline.secagg.protocol`) and check one reply's key."""
+        conf = content[M.CONFIG]
+        rnd, attempt = int(conf[M.ROUND]), int(conf.get(M.ATTEMPT, 0))
+        protocol = self.protocol()
+        keys = protocol.pairwise_keys(_adverts(conf))
+        shares_from = dict(zip(list(conf[M.SHARES_FROM]), list(conf[M.SHARES]), strict=True))
+        try:
+            self_shares, pair = protocol.unmask(
+                rnd, attempt, list(conf[M.SURVIVORS]), list(conf[M.DROPPED]), shares_from, keys
+            )
+        finally:
+            self._keep(protocol)  # the answer is on record before it leaves
+        verdict = ""
+        if M.VERIFY_CHUNK in conf:
+            verdict = self.codec().key_check(bytes(conf[M.VERIFY_CHUNK]), int(conf[M.VERIFY_SLOT])) or ""
+        reply = {
+            M.ROUND: rnd,
+            M.ATTEMPT: attempt,
+            M.SELF_SHARES_OF: sorted(self_shares),
+            M.SELF_SHARES: [self_shares[k] for k in sorted(self_shares)],
+            M.PAIR_WITH: sorted(pair),
+            M.PAIR_SEEDS: [pair[d] for d in sorted(pair)],
+            M.VERIFY_HOSPITAL: int(conf.get(M.VERIFY_HOSPITAL, -1)),
+            M.VERDICT: verdict,
+        }
+        return RecordDict({M.CONFIG: ConfigRecord(reply)})
+
     def evaluate(self, content: RecordDict) -> RecordDict:
         """Apply the new aggregate and report validation metrics on the local held-out share."""
-        t0 = time.perf_counter()
-        self.sync(content)
-        decode_seconds = time.perf_counter() - t0
+        decode_seconds = self.sync(content)
         model = self.new_model()
         set_flat(model, self.global_weights())
         m = training.evaluate(model, self.data.val, self.device)
@@ -305,21 +391,38 @@ class HospitalClient:
         )
 
 
+def _adverts(conf: ConfigRecord) -> dict[int, tuple[bytes, bytes]]:
+    """The participants' signed agreement keys relayed by the server."""
+    ids, keys, sigs = list(conf[M.ROSTER_IDS]), list(conf[M.ROSTER_KEYS]), list(conf[M.ROSTER_SIGS])
+    return {int(h): (str(k).encode(), bytes(s)) for h, k, s in zip(ids, keys, sigs, strict=True)}
+
+
 def _reply(msg: Message, context: Context, handler: str) -> Message:
-    client = HospitalClient(context)
+    """Run one handler; a refusal the server should see (out of sync, a broken protocol rule, a bad
+    aggregate) becomes a reply naming it, not an error."""
+    from pipeline.secagg.codec import AggregateRefused
+    from pipeline.secagg.protocol import ProtocolRefused
+
     try:
+        client = HospitalClient(context)
         content = client.query() if handler == M.QUERY else getattr(client, handler)(msg.content)
     except OutOfSync as err:
         content = RecordDict({M.CONFIG: ConfigRecord({M.PROBLEM: f"out of sync: {err}"})})
+    except AggregateRefused as err:
+        problem = f"refused the aggregate: {err}"
+        log.warning("%s", problem)
+        content = RecordDict({M.CONFIG: ConfigRecord({M.PROBLEM: problem, M.REFUSED: True})})
+    except (ProtocolRefused, ConfigError) as err:
+        content = RecordDict({M.CONFIG: ConfigRecord({M.PROBLEM: str(err)})})
     return Message(content=content, reply_to=msg)
 
 
 def make_app(run_config: dict | None = None, node_config: dict | None = None) -> ClientApp:
     """The hospital ClientApp; a simulation binds the run config and per-site settings here.
 
-    With ``FEDMED_FAULTS`` set, the fault-injection mod (:mod:`.faults`) wraps every handler.
+    With ``FEDMED_FAULTS`` set, the fault-injection mod (:mod:`.fault_mod`) wraps every handler.
     """
-    client_app = ClientApp(mods=faults.mods())
+    client_app = ClientApp(mods=fault_mod.mods())
 
     @client_app.query()
     def query(msg: Message, context: Context) -> Message:
@@ -330,6 +433,11 @@ def make_app(run_config: dict | None = None, node_config: dict | None = None) ->
     def train(msg: Message, context: Context) -> Message:
         """Apply the last aggregate, train one round, reply with the encoded weighted update."""
         return _reply(msg, with_defaults(context, run_config, node_config), M.TRAIN)
+
+    @client_app.query(M.UNMASK.split(".", 1)[1])
+    def unmask(msg: Message, context: Context) -> Message:
+        """Reveal what removes the masks of the round's sum (secure aggregation)."""
+        return _reply(msg, with_defaults(context, run_config, node_config), "unmask")
 
     @client_app.evaluate()
     def evaluate_(msg: Message, context: Context) -> Message:

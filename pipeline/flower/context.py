@@ -26,6 +26,9 @@ STATE_DIR_KEY = "state-dir"
 DATA_ROOT_KEY = "data-root"
 LIFETIME_DIR_KEY = "lifetime-dir"  # where the hospital's lifetime ledger lives (default: state-dir)
 MAX_LIFETIME_KEY = "max-lifetime-epsilon"  # the hospital's own cap on its spending over all studies
+SIGNING_KEY_KEY = "signing-key"  # the hospital's signing key (a SuperNode's node_key)
+SIGNING_DIR_KEY = "signing-dir"  # or a folder of signing keys hospital_<id>.key (simulation)
+ROSTER_KEY = "roster"  # the trusted roster of every hospital's public signing key (JSON)
 
 
 @functools.lru_cache(maxsize=8)

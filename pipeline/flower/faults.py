@@ -1,95 +1,91 @@
 """Fault injection for tests and chaos runs through the real engines: a Flower ClientApp mod.
 
 Set ``FEDMED_FAULTS`` to a comma-separated list of ``hospital:round:kind`` before starting a run,
-e.g. ``FEDMED_FAULTS=1:2:crash,2:2:corrupt``. Kinds:
+e.g. ``FEDMED_FAULTS=1:2:crash,2:2:corrupt``. Hospital kinds:
 
 - ``crash``: the hospital raises instead of handling the train message (Flower returns an error reply);
 - ``nan``: local training yields NaN weights (the hospital must refuse to send them);
 - ``corrupt``: one byte of the first ciphertext chunk is flipped after encryption (in transit);
-- ``stale``: the reply carries the previous round number.
+- ``stale``: the reply carries the previous round number;
+- ``wrong_key``: the hospital encrypts its update under another CKKS key with the same parameters.
 
-The mod is installed only when the variable is set (:func:`mods`), which is never the case outside
-tests and chaos runs; the production handlers contain no injection point.
+Server kinds (``server:round:kind``):
+
+- ``forge``: the server sends one hospital's reply as the round's aggregate, claiming the round's
+  count, weight and unmask information.
+
+Every fault strikes the first attempt at its round only; a round the checks abandon is retried
+without it. The hospitals' faults come from a ClientApp mod (:mod:`.fault_mod`), installed only when the
+variable is set; the server's faults wrap the strategy only then (:func:`wrap_strategy`). That is
+never the case outside tests and chaos runs; the production code contains no injection point.
+This module (the plan and the server's faults) is what the server imports; it reaches nothing of
+the hospitals' side.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterator
-
-from flwr.app import Context, Message
-
-from pipeline.flower import messages as M
-from pipeline.flower.context import hospital_id
-from pipeline.secagg.wire import CHUNKS, CIPHER
 
 ENV = "FEDMED_FAULTS"
-KINDS = ("crash", "nan", "corrupt", "stale")
+KINDS = ("crash", "nan", "corrupt", "stale", "wrong_key")
+SERVER_KINDS = ("forge",)
+SERVER = "server"
 
 
 class InjectedFault(RuntimeError):
     """A failure raised on purpose by this mod."""
 
 
-def planned(hospital: int, rnd: int) -> set[str]:
-    """The faults ``FEDMED_FAULTS`` plans for ``hospital`` in round ``rnd``."""
-    out = set()
+def _entries() -> list[tuple[str, int, str]]:
+    out = []
     for item in filter(None, os.environ.get(ENV, "").split(",")):
         parts = item.strip().split(":")
-        if len(parts) != 3 or parts[2] not in KINDS:
-            raise ValueError(f"{ENV}: {item!r} is not hospital:round:kind with a kind in {KINDS}")
-        if int(parts[0]) == hospital and int(parts[1]) == rnd:
-            out.add(parts[2])
+        kinds = SERVER_KINDS if parts[0] == SERVER else KINDS
+        if len(parts) != 3 or parts[2] not in kinds:
+            raise ValueError(
+                f"{ENV}: {item!r} is not hospital:round:kind with a kind in {KINDS} (server: {SERVER_KINDS})"
+            )
+        out.append((parts[0], int(parts[1]), parts[2]))
     return out
 
 
-@contextlib.contextmanager
-def _poisoned_training() -> Iterator[None]:
-    """While active, local training leaves NaN in every parameter (as a diverged run would)."""
-    from pipeline.task import training
-
-    real = training.train_round
-
-    def poisoned(cfg, model, *args, **kwargs):
-        stats = real(cfg, model, *args, **kwargs)
-        for p in model.parameters():
-            p.data.view(-1)[::7] = float("nan")
-        return stats
-
-    training.train_round = poisoned
-    try:
-        yield
-    finally:
-        training.train_round = real
+def planned(hospital: int, rnd: int) -> set[str]:
+    """The faults ``FEDMED_FAULTS`` plans for ``hospital`` in round ``rnd``."""
+    return {kind for who, r, kind in _entries() if who != SERVER and int(who) == hospital and r == rnd}
 
 
-def _corrupt(reply: Message) -> None:
-    if reply.has_content() and CIPHER in reply.content:
-        chunks = list(reply.content[CIPHER][CHUNKS])
-        first = bytearray(chunks[0])
-        first[len(first) // 2] ^= 0xFF
-        chunks[0] = bytes(first)
-        reply.content[CIPHER][CHUNKS] = chunks
+def server_planned(rnd: int) -> set[str]:
+    """The server's faults ``FEDMED_FAULTS`` plans for round ``rnd``."""
+    return {kind for who, r, kind in _entries() if who == SERVER and r == rnd}
 
 
-def fault_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
-    """Inject the faults planned for this hospital and round into a train message's handling."""
-    if msg.metadata.message_type != M.TRAIN:
-        return call_next(msg, context)
-    hospital, rnd = hospital_id(context), int(msg.content[M.CONFIG][M.ROUND])
-    injected = planned(hospital, rnd)
-    if "crash" in injected:
-        raise InjectedFault(f"hospital {hospital} crashes in round {rnd} (fault injection)")
-    with _poisoned_training() if "nan" in injected else contextlib.nullcontext():
-        reply = call_next(msg, context)
-    if "corrupt" in injected:
-        _corrupt(reply)
-    if "stale" in injected and reply.has_content() and M.CONFIG in reply.content:
-        reply.content[M.CONFIG][M.ROUND] = rnd - 1
-    return reply
+def wrap_strategy(strategy):
+    """``strategy`` with the server's planned faults (``server:R:kind``), or unchanged when none are planned."""
+    if not any(who == SERVER for who, _, _ in _entries()):
+        return strategy
+    from pipeline.secagg.aggregates import Aggregate
+    from pipeline.secagg.wire import Payload
 
+    base = type(strategy)
 
-def mods() -> list[Callable]:
-    """The ClientApp mods: the fault injector when ``FEDMED_FAULTS`` is set, else none."""
-    return [fault_mod] if os.environ.get(ENV) else []
+    class Forging(base):  # type: ignore[misc, valid-type]
+        """Sends the first reply of the round as its aggregate in the planned rounds (first attempt)."""
+
+        def configure_train(self, server_round, arrays, config, grid):
+            self._first_payload = None
+            return super().configure_train(server_round, arrays, config, grid)
+
+        def add_train_reply(self, node, reply):
+            if self._first_payload is None and reply.has_content() and not reply.has_error():
+                self._first_payload = Payload.get(reply.content)
+            super().add_train_reply(node, reply)
+
+        def configure_evaluate(self, server_round, arrays, config, grid):
+            if "forge" in server_planned(server_round) and self.attempt == 0 and self._first_payload is not None:
+                agg = Aggregate.from_record(arrays)
+                agg.payload = self._first_payload
+                arrays = agg.to_record()
+            return super().configure_evaluate(server_round, arrays, config, grid)
+
+    strategy.__class__ = type(f"Forging{base.__name__}", (Forging,), {})
+    return strategy

@@ -1,4 +1,5 @@
-"""What one hospital keeps between messages: its copy of the global model, its optimizer state, its ledger.
+"""What one hospital keeps between messages: its copy of the global model, its optimizer state, its ledger,
+and its part of the secure-aggregation protocol (this run's agreement key, the unmask answers it gave).
 
 The state lives in the hospital's own file (node config ``state-dir``), written atomically and
 owner-only, never in Flower's node context: in a simulation the context travels back to the
@@ -29,6 +30,7 @@ class HospitalState:
     weights: np.ndarray | None = None
     ledger: str = ""
     optimizer: dict[str, np.ndarray] = field(default_factory=dict)
+    secagg: str = ""  # JSON: this run's agreement key and the unmask answers given (pipeline.secagg.protocol)
 
     @classmethod
     def load(cls, path: str | Path) -> HospitalState:
@@ -43,6 +45,7 @@ class HospitalState:
             with np.load(path) as saved:
                 state.model_round = int(saved["model_round"])
                 state.ledger = str(saved["ledger"])
+                state.secagg = str(saved["secagg"]) if "secagg" in saved else ""
                 state.weights = saved["weights"].copy() if "weights" in saved else None
                 state.optimizer = {k[len(_OPT_PREFIX) :]: saved[k].copy() for k in saved if k.startswith(_OPT_PREFIX)}
         _CACHE[path] = (stamp, state.copy())
@@ -50,7 +53,11 @@ class HospitalState:
 
     def save(self) -> None:
         """Write the state to its file (atomically, 0600) and refresh the cache."""
-        arrays: dict[str, np.ndarray] = {"model_round": np.int64(self.model_round), "ledger": np.array(self.ledger)}
+        arrays: dict[str, np.ndarray] = {
+            "model_round": np.int64(self.model_round),
+            "ledger": np.array(self.ledger),
+            "secagg": np.array(self.secagg),
+        }
         if self.weights is not None:
             arrays["weights"] = self.weights.astype(np.float32)
         arrays.update({_OPT_PREFIX + k: v for k, v in self.optimizer.items()})
@@ -67,6 +74,7 @@ class HospitalState:
             None if self.weights is None else self.weights.copy(),
             self.ledger,
             {k: v.copy() for k, v in self.optimizer.items()},
+            self.secagg,
         )
 
 

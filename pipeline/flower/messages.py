@@ -9,6 +9,7 @@ from __future__ import annotations
 # Message types beyond Flower's train/evaluate.
 QUERY = "query"
 TRAIN = "train"
+UNMASK = "query.unmask"  # secure aggregation: survivors reveal what removes the masks of the round's sum
 EVALUATE = "evaluate"
 
 # RecordDict keys
@@ -28,6 +29,7 @@ WEIGHT = "weight"
 EPSILON = "epsilon"
 OUT_OF_BUDGET = "out-of-budget"
 PROBLEM = "problem"
+REFUSED = "refused"  # evaluate/train reply: the hospital refused the aggregate it was sent
 MODEL_ROUND = "model-round"
 CHANNELS = "channels"
 NUM_CLASSES = "num-classes"
@@ -36,6 +38,29 @@ NUM_PARAMS = "num-params"
 PROXIMAL_MU = "proximal-mu"
 SERVER_OPTIMIZER = "server-optimizer"  # JSON of strategies.server_optimizers.ServerOptimizer.spec()
 DP_REPORT = "dp-report"  # JSON: the hospital's DP plan, accountant history and spending (privacy.json)
+ATTEMPT = "attempt"  # a round abandoned by the checks is retried with fresh training and fresh masks
+
+# Secure aggregation (pipeline/secagg/masks.py, agreement.py)
+AGREE_KEY = "agree-key"  # query reply: this run's ECDH public key (PEM)
+AGREE_SIG = "agree-sig"  # query reply: its signature with the hospital's signing key
+ROSTER_IDS = "roster-ids"  # train: the participating hospitals and their signed agreement keys
+ROSTER_KEYS = "roster-keys"
+ROSTER_SIGS = "roster-sigs"
+SHARES_TO = "shares-to"  # train reply: encrypted shares of this round's self-mask seed, by recipient
+SHARES = "shares"
+SELF_COMMIT = "self-commit"  # train reply: SHA-256 of the self-mask seed
+SURVIVORS = "survivors"  # unmask / evaluate: hospitals whose updates are in the sum
+DROPPED = "dropped"  # unmask: participants whose updates are not
+SHARES_FROM = "shares-from"  # unmask: the shares addressed to this hospital, by sender
+VERIFY_HOSPITAL = "verify-hospital"  # unmask: one other reply's chunk to check for the hospitals' key
+VERIFY_CHUNK = "verify-chunk"
+VERIFY_SLOT = "verify-slot"
+SELF_SHARES_OF = "self-shares-of"  # unmask reply: this hospital's shares of the survivors' seeds
+SELF_SHARES = "self-shares"
+PAIR_WITH = "pair-with"  # unmask reply: this hospital's pair seeds with the dropped hospitals
+PAIR_SEEDS = "pair-seeds"
+VERDICT = "verdict"  # unmask reply: "" if the checked chunk decrypts under the key, else why not
+UNMASK_INFO = "unmask-info"  # evaluate: JSON of the seeds that remove the sum's masks
 
 # MetricRecord keys of a train reply and an evaluate reply
 TRAIN_LOSS = "train_loss"

@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import DataError, RunFailed
+from pipeline.flower import faults
 from pipeline.flower.context import PUBLIC_CONTEXT_KEY, RUN_DIR_KEY, experiment, with_defaults
 from pipeline.outputs.atomic import write_atomic
 from pipeline.outputs.plots import PLOT_FILE, plot_rounds
@@ -81,6 +82,7 @@ def run_server(grid: Grid, cfg: DictConfig, run_dir: Path, server_context: bytes
         server_context=server_context,
         encryption=cfg.encryption if server_context is not None else None,
     )
+    strategy = faults.wrap_strategy(strategy)  # FEDMED_FAULTS server:R:kind (tests and chaos runs only)
     recorder = RunRecorder(run_dir)
     plaintext_test = PlaintextTest(cfg, strategy) if server_context is None else None
     started = time.perf_counter()

@@ -113,21 +113,23 @@ class SecureRandomness(MechanismRandomness):
         return values.reshape(tuple(shape)).to(device=device, dtype=dtype)
 
 
-def mechanism_randomness(kind: str, seed: int, hospital: int, rnd: int) -> MechanismRandomness:
-    """A fresh source of ``kind`` for ``hospital``'s round ``rnd``; ``seed`` is used only when reproducible."""
+def mechanism_randomness(kind: str, seed: int, hospital: int, rnd: int, attempt: int = 0) -> MechanismRandomness:
+    """A fresh source of ``kind`` for ``hospital``'s round ``rnd`` (try ``attempt``); ``seed`` is used
+    only when reproducible, and a retried round never repeats the draws of the abandoned try."""
     if kind == SECURE:
         return SecureRandomness()
     if kind == UNPREDICTABLE:
         return TorchRandomness(kind, secrets.randbits(63))
     if kind == REPRODUCIBLE:
-        state = np.random.SeedSequence([int(seed), int(hospital), int(rnd), _REPRODUCIBLE_TAG]).generate_state(2)
+        entropy = [int(seed), int(hospital), int(rnd), _REPRODUCIBLE_TAG] + ([int(attempt)] if attempt else [])
+        state = np.random.SeedSequence(entropy).generate_state(2)
         return TorchRandomness(kind, int(state[0]) << 31 ^ int(state[1]))
     raise ValueError(f"randomness {kind!r} is unknown; use one of {KINDS}")
 
 
-def round_randomness(privacy, seed: int, hospital: int, rnd: int) -> MechanismRandomness:
-    """The source the ``privacy`` config asks for, fresh for ``hospital``'s round ``rnd``."""
-    return mechanism_randomness(randomness_kind(privacy), seed, hospital, rnd)
+def round_randomness(privacy, seed: int, hospital: int, rnd: int, attempt: int = 0) -> MechanismRandomness:
+    """The source the ``privacy`` config asks for, fresh for ``hospital``'s round ``rnd`` (try ``attempt``)."""
+    return mechanism_randomness(randomness_kind(privacy), seed, hospital, rnd, attempt)
 
 
 class PoissonBatchSampler(Sampler[list[int]]):

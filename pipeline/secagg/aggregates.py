@@ -28,7 +28,9 @@ class Aggregate:
     """The sum of one round's weighted updates, with the plaintext total weight and count.
 
     ``server_optimizer`` is the step every key holder applies to the decoded mean update
-    (:mod:`strategies.server_optimizers`; FedAvg's plain step when empty).
+    (:mod:`strategies.server_optimizers`; FedAvg's plain step when empty). ``unmask`` holds what
+    removes the masks of an encrypted sum (:func:`pipeline.secagg.masks.correction_from`): the
+    survivors, their self-mask seeds and the pair seeds with hospitals that dropped out.
     """
 
     round: int
@@ -36,6 +38,7 @@ class Aggregate:
     total_weight: float
     count: int
     server_optimizer: dict = field(default_factory=dict)
+    unmask: dict = field(default_factory=dict)
 
     def to_record(self) -> ArrayRecord:
         """The aggregate as Flower's ArrayRecord (what a Strategy's ``aggregate_train`` returns).
@@ -44,7 +47,7 @@ class Aggregate:
         """
         p = self.payload
         meta = {"round": self.round, "total_weight": self.total_weight, "count": self.count}
-        meta.update({"fingerprint": p.fingerprint, "server_optimizer": self.server_optimizer})
+        meta.update({"fingerprint": p.fingerprint, "server_optimizer": self.server_optimizer, "unmask": self.unmask})
         arrays = {_META: _text_array(json.dumps(meta))}
         if p.values is not None:
             arrays[_VALUES] = Array(np.ascontiguousarray(p.values, np.float32))
@@ -68,6 +71,7 @@ class Aggregate:
             float(meta["total_weight"]),
             int(meta["count"]),
             dict(meta["server_optimizer"] or {}),
+            dict(meta.get("unmask") or {}),
         )
 
 
@@ -94,6 +98,7 @@ def save(run_dir: str | Path, agg: Aggregate) -> Path:
         "digest": p.digest,
         "fingerprint": p.fingerprint,
         "server_optimizer": agg.server_optimizer,
+        "unmask": agg.unmask,
     }
     path = folder / f"round_{agg.round:03d}.agg"
     write_atomic(path, json.dumps(header).encode() + b"\n" + b"".join(blobs))
@@ -119,6 +124,7 @@ def load(path: str | Path) -> Aggregate:
         float(header["total_weight"]),
         int(header["count"]),
         dict(header.get("server_optimizer") or {}),
+        dict(header.get("unmask") or {}),
     )
 
 

@@ -23,18 +23,33 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.outputs.recorder import CONFIG_FILE, MODEL_FILE, SUMMARY_FILE, write_json
 from pipeline.secagg import aggregates
-from pipeline.secagg.codec import CkksCodec, PlainCodec
+from pipeline.secagg.codec import AggregateRefused, CkksCodec, PlainCodec
 from pipeline.task.model import build_model, get_flat, save_model, set_flat
 from pipeline.task.sites import splits, test_dataset
 from pipeline.task.training import evaluate, resolve_device
 
 
 def rebuild(cfg: DictConfig, aggs: list[aggregates.Aggregate], codec: PlainCodec | CkksCodec) -> torch.nn.Module:
-    """The global model after ``aggs``: the public initial weights, then each round's decoded step."""
+    """The global model after ``aggs``: the public initial weights, then each round's decoded step.
+
+    Every encrypted aggregate is unmasked and checked as the hospitals check it.
+
+    Raises:
+        AggregateRefused: an aggregate fails its checks (forged, replayed, short, another key).
+    """
     s = splits(cfg)
     model = build_model(cfg, s.channels, s.num_classes, s.image_size)
     initial = get_flat(model).astype(np.float64)
-    weights, _ = aggregates.replay(initial, aggs, lambda agg: codec.decode(agg.payload, agg.count, len(initial)))
+
+    study, minimum = str(cfg.get("study_id") or ""), int(cfg.federation.min_hospitals)
+
+    def decode(agg: aggregates.Aggregate) -> np.ndarray:
+        try:
+            return codec.open_aggregate(agg.payload, agg.count, len(initial), agg.unmask, study, agg.round, minimum)
+        except AggregateRefused as err:
+            raise AggregateRefused(f"round {agg.round}: {err}") from None
+
+    weights, _ = aggregates.replay(initial, aggs, decode)
     set_flat(model, weights.astype(np.float32))
     return model
 
@@ -68,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     ctx, server_bytes = load_secret_context(str(args.secret_context))
     cfg = OmegaConf.load(Path(args.run_dir) / CONFIG_FILE)
     codec = CkksCodec(ctx, server_bytes, cfg.encryption, int(cfg.federation.num_hospitals))
-    metrics = finalize(args.run_dir, codec)
+    try:
+        metrics = finalize(args.run_dir, codec)
+    except AggregateRefused as err:
+        print(f"error: the consortium refuses to replay an aggregate: {err}", file=sys.stderr)
+        return 2
     print(json.dumps(metrics))
     return 0
 

@@ -22,7 +22,7 @@ import tenseal as ts
 from omegaconf import DictConfig
 
 from pipeline.outputs.atomic import write_atomic
-from pipeline.secagg.params import SECRET_FILE, SERVER_FILE
+from pipeline.secagg.params import ROSTER_FILE, SECRET_FILE, SERVER_FILE
 
 
 def make_secret_context(enc: DictConfig) -> ts.Context:
@@ -73,6 +73,21 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m pipeline.secagg.keys --out DIR [overrides]``: write the two key files."""
     parser = argparse.ArgumentParser(description="Generate the CKKS key files for hospitals and server.")
     parser.add_argument("--out", required=True, help="folder for the two key files (created with mode 0700)")
+    parser.add_argument(
+        "--hospitals",
+        type=int,
+        default=0,
+        help="also write N hospitals' signing keys (signing/hospital_<i>.key) and their roster (roster.json): "
+        "what a simulation's secure aggregation needs; real hospitals sign with their SuperNode keys",
+    )
+    parser.add_argument(
+        "--roster",
+        nargs="+",
+        default=None,
+        metavar="NODE_KEY_PUB",
+        help="also write roster.json from the hospitals' SuperNode public keys, hospital 0 first "
+        "(e.g. hospital_0/node_key.pub hospital_1/node_key.pub ...): every hospital gets it",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. encryption.poly_modulus_degree=8192")
     args = parser.parse_args(argv)
     from pipeline.config import compose
@@ -83,9 +98,28 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.roster:
+        from pipeline.secagg.agreement import parse_public_key, write_roster
+
+        public_keys = {}
+        for i, name in enumerate(args.roster):
+            try:
+                public_keys[i] = Path(name).read_bytes().strip()
+                parse_public_key(public_keys[i])
+            except (OSError, ValueError) as err:
+                why = "no such file" if isinstance(err, OSError) else "not an ECDSA public key (OpenSSH .pub or PEM)"
+                print(f"error: --roster: hospital {i}'s key {name!r}: {why}", file=sys.stderr)
+                return 2
+        roster = write_roster(Path(args.out) / ROSTER_FILE, public_keys)
+        print(f"roster of {len(public_keys)} hospitals: {roster}  (give to every hospital; public)")
     secret, server = write_key_files(cfg.encryption, args.out)
     print(f"hospitals' secret context: {secret}  (give to every hospital; never to the server)")
     print(f"server context:            {server}  (parameters only, no key)")
+    if args.hospitals > 0:
+        from pipeline.secagg.agreement import write_signing_keys
+
+        roster = write_signing_keys(args.out, args.hospitals)
+        print(f"signing keys and roster:   {roster.parent / 'signing'}, {roster}  (hospital i: its key + the roster)")
     return 0
 
 

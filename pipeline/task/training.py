@@ -1,8 +1,14 @@
-"""Local training (plain, FedProx or DP-SGD) and evaluation: the same loops in every mode."""
+"""Local training (plain, FedProx or DP-SGD) and evaluation: the same loops in every mode.
+
+The loss is the task's (:func:`task_criterion`): cross-entropy for single-label data, binary
+cross-entropy over sigmoid outputs for multi-label data; DP-SGD clips per-sample gradients of
+that same loss. Frozen parameters (``model.freeze``) are left out of the optimizer.
+"""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +21,30 @@ from pipeline.privacy.engine import make_private
 from pipeline.privacy.ledger import PrivacyLedger
 from pipeline.privacy.plan import DPPlan
 from pipeline.privacy.randomness import MechanismRandomness
+from pipeline.task.data import seed_augmentation
 from pipeline.task.metrics import classification_metrics
+
+
+class MultiLabelBCE(nn.BCEWithLogitsLoss):
+    """Binary cross-entropy over every finding; ``reduction="none"`` gives one loss per sample.
+
+    A sample's loss is the mean over its findings, so that per-sample clipping (Opacus's ghost
+    mode and book-keeping alike take ``reduction="none"`` losses of shape [batch]) bounds each
+    image's whole contribution, and ``mean`` is the plain mean over batch and findings.
+    """
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002  (torch's name)
+        if self.reduction != "none":
+            return super().forward(input, target.to(input.dtype))
+        per_entry = nn.functional.binary_cross_entropy_with_logits(
+            input, target.to(input.dtype), self.weight, pos_weight=self.pos_weight, reduction="none"
+        )
+        return per_entry.mean(dim=1)
+
+
+def task_criterion(cfg: DictConfig) -> nn.Module:
+    """The training loss: :class:`MultiLabelBCE` when ``data.multi_label``, else cross-entropy."""
+    return MultiLabelBCE() if cfg.data.get("multi_label") else nn.CrossEntropyLoss()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -25,9 +54,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def round_seed(seed: int, hospital: int, rnd: int) -> int:
-    """The seed of hospital ``hospital``'s local training in round ``rnd`` (a 32-bit integer)."""
-    return int(np.random.SeedSequence([int(seed), int(hospital), int(rnd)]).generate_state(1)[0])
+def round_seed(seed: int, hospital: int, rnd: int, attempt: int = 0) -> int:
+    """The seed of hospital ``hospital``'s local training in round ``rnd``, try ``attempt`` (a 32-bit integer)."""
+    entropy = [int(seed), int(hospital), int(rnd)] + ([int(attempt)] if attempt else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def train_epochs(
@@ -90,20 +120,24 @@ def train_round(
     :func:`pipeline.privacy.randomness.round_randomness`).
     """
     torch.manual_seed(seed)
+    seed_augmentation(train_set, seed)
     torch.set_num_threads(int(cfg.train.threads))
     model.to(device).train()  # Opacus wraps training-mode models only (baselines evaluate in between)
-    optimizer = instantiate(cfg.train.optimizer)(params=model.parameters())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = instantiate(cfg.train.optimizer)(params=trainable)
+    criterion = task_criterion(cfg)
     start = time.perf_counter()
     if plan is not None:
         batch = int(cfg.train.batch_size)
-        private = make_private(model, optimizer, train_set, batch, plan, ledger, cfg.privacy, randomness)
+        private = make_private(
+            model, optimizer, train_set, batch, plan, ledger, cfg.privacy, randomness, criterion=criterion
+        )
         loss = train_epochs(private.model, private.loader, private.optimizer, private.criterion, epochs, device)
         if hasattr(private.model, "remove_hooks"):
             private.model.remove_hooks()  # leave a plain module behind for evaluation
     else:
         gen = torch.Generator().manual_seed(seed)
         loader = DataLoader(train_set, batch_size=int(cfg.train.batch_size), shuffle=True, generator=gen)
-        criterion: nn.Module = nn.CrossEntropyLoss()
         if proximal_mu > 0:
             anchor = [p.detach().clone() for p in model.parameters()]
             criterion = proximal_loss(criterion, model, anchor, proximal_mu)
@@ -123,7 +157,7 @@ def predict(model: nn.Module, dataset: Dataset, device: torch.device, batch_size
     return torch.cat(outs), torch.cat(ys)
 
 
-def evaluate(model: nn.Module, dataset: Dataset, device: torch.device) -> dict[str, float]:
-    """ROC-AUC, accuracy, MCC and loss of ``model`` on ``dataset``."""
+def evaluate(model: nn.Module, dataset: Dataset, device: torch.device) -> dict[str, Any]:
+    """ROC-AUC, accuracy, MCC and loss of ``model`` on ``dataset`` (and ``per_label`` for multi-label data)."""
     logits, labels = predict(model, dataset, device)
-    return classification_metrics(logits, labels)
+    return classification_metrics(logits, labels, getattr(dataset, "class_names", None))

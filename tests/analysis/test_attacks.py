@@ -71,8 +71,16 @@ def inversion_results(xrays):
         grad = A.observed_gradient(model, x, y, plan, privacy_cfg())
         rec = A.invert_gradients(model, grad, y, tuple(x.shape), iterations=300, tv_weight=0.3, seed=1, bounds=BOUNDS)
         scores[name] = A.image_scores(A.match_to_truth(A.to_unit(rec, MEAN, STD), truth, y), truth)
+    # the server plus a colluding hospital: hospital 0's real masked reply of a 3-hospital round,
+    # decrypted with the shared key, its self mask and its pair mask with the colluder removed
+    update = A.update_from_gradient(model, A.observed_gradient(model, x, y), 0.1, 1.0)
+    estimate, facts = A.colluder_estimate(update, compose("encryption=ckks").encryption, 3)
+    grad = A.gradient_from_update(model, estimate, 0.1, 1.0)
+    rec = A.invert_gradients(model, grad, y, tuple(x.shape), iterations=300, tv_weight=0.3, seed=1, bounds=BOUNDS)
+    scores["collusion"] = {**A.image_scores(A.match_to_truth(A.to_unit(rec, MEAN, STD), truth, y), truth), **facts}
     rand = A.to_unit(A.random_images(tuple(x.shape), 1, BOUNDS), MEAN, STD)
     scores["random"] = A.image_scores(rand, truth)
+    scores["num_params"] = update.size
     return scores
 
 
@@ -82,6 +90,17 @@ def test_inversion_without_dp_recovers_images_clearly_better_than_random(inversi
     assert rand["ssim"] < 0.1
     assert plain["ssim"] > rand["ssim"] + 0.3
     assert plain["psnr"] > rand["psnr"] + 6
+
+
+def test_the_server_with_one_colluding_hospital_reconstructs_at_the_random_image_level(inversion_results):
+    plain, collusion = inversion_results["plaintext"], inversion_results["collusion"]
+
+    # inversions of updates that carry no information score -0.05..0.18 on two images (TV-smoothed
+    # blobs); the plaintext one scores ~0.6
+    assert collusion["ssim"] < 0.25 and collusion["ssim"] < plain["ssim"] - 0.3
+    # what it decrypted is unrelated to the update: |r| within 4 standard errors of 0 (1/sqrt(n) each)
+    assert abs(collusion["estimate_correlation"]) < 4 / inversion_results["num_params"] ** 0.5
+    assert collusion["masks_left"] == ["pair mask victim-hospital 2"]
 
 
 def test_inversion_of_a_dp_gradient_is_clearly_worse(inversion_results):
@@ -212,7 +231,7 @@ def test_cli_writes_report_json_markdown_and_grid(small_run, capsys):
     out = small_run / "attack"
     report = json.loads((out / "report.json").read_text())
     inv = report["inversion"]
-    for setting in ("plaintext", "dp", "random_baseline"):
+    for setting in ("plaintext", "dp", "collusion", "no_information_baseline", "random_baseline"):
         assert isinstance(inv[setting]["ssim"], float) and isinstance(inv[setting]["psnr"], float)
     assert inv["encrypted"]["ssim"] is None and inv["encrypted"]["psnr"] is None
     assert inv["encrypted"]["server_decrypt_error"].startswith("ValueError")

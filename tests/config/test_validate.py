@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from conftest import CONF_DIR, compose_cfg, compose_raw
 from hydra.errors import ConfigCompositionException
@@ -12,10 +14,13 @@ from pipeline.errors import ConfigError
 from pipeline.secagg.params import HE_STANDARD_MAX_BITS, value_bits
 
 # Options that need an override to compose (folder data has no default root).
-NEEDS = {("data", "folder"): ["data.root=/tmp/hospital_export"]}
+NEEDS = {
+    ("data", "folder"): ["data.root=/tmp/hospital_export"],
+    ("data", "manifest"): ["data.manifest=/tmp/hospital_export/labels.csv"],
+}
 # Options the pipeline must ship; the parametrisation below also covers any newer file in conf/.
 REQUIRED = {
-    "data": {"pneumoniamnist", "medmnist", "folder", "synthetic"},
+    "data": {"pneumoniamnist", "medmnist", "folder", "manifest", "synthetic"},
     "partition": {"iid", "dirichlet", "linear", "exponential"},
     "model": {"cnn", "resnet18", "densenet121"},
     "strategy": {"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi"},
@@ -36,10 +41,10 @@ def test_conf_folder_holds_every_required_option():
 
 
 def _own_values(group: str, option: str) -> dict:
-    """The plain (non-interpolated, non-missing) values an option file sets itself."""
+    """The plain values an option file sets itself (not interpolated, missing, or null = computed)."""
     raw = OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{option}.yaml"), resolve=False)
     raw.pop("defaults", None)
-    return {k: v for k, v in raw.items() if not (isinstance(v, str) and ("${" in v or v == "???"))}
+    return {k: v for k, v in raw.items() if v is not None and not (isinstance(v, str) and ("${" in v or v == "???"))}
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
@@ -100,17 +105,32 @@ def test_fedprox_sets_a_positive_proximal_mu():
 
 
 def test_ten_hospital_ckks_settings_keep_usable_value_bits():
-    # Execute
+    # Execute: the setting conf/encryption/ckks.yaml recommends for 10-30 hospitals
     cfg = compose_cfg(
         "federation.num_hospitals=10",
         "encryption.fields_per_slot=4",
-        "encryption.field_bits=11",
-        "encryption.global_scale_bits=15",
+        "encryption.field_bits=10",
+        "encryption.global_scale_bits=14",
     )
 
-    # Assert
-    assert value_bits(cfg.encryption, 10) == 7
+    # Assert: 6-bit values; and the automatic min_hospitals withstands one colluder (2m - 1 > n + 1)
+    assert value_bits(cfg.encryption, 10) == 6
     assert sum(cfg.encryption.coeff_mod_bit_sizes) <= HE_STANDARD_MAX_BITS[cfg.encryption.poly_modulus_degree]
+    assert cfg.federation.min_hospitals == 7
+
+
+def test_a_setting_that_does_not_fit_names_one_that_does():
+    # Execute
+    with pytest.raises(ConfigError) as err:
+        compose_cfg("federation.num_hospitals=10")
+
+    # Assert: the suggestion, applied, validates
+    message = str(err.value)
+    suggestion = message.split("use ")[-1].split()
+    assert suggestion[0].startswith("encryption.fields_per_slot=")
+    assert suggestion[1].startswith("encryption.field_bits=")
+    cfg = compose_cfg("federation.num_hospitals=10", *suggestion)
+    assert value_bits(cfg.encryption, 10) >= 4
 
 
 @pytest.mark.parametrize(
@@ -137,7 +157,7 @@ def test_he_standard_table_grows_with_the_degree():
     assert HE_STANDARD_MAX_BITS[4096] == 60 + 49
 
 
-TEN_HOSPITAL_CKKS = ("encryption.fields_per_slot=4", "encryption.field_bits=11", "encryption.global_scale_bits=15")
+TEN_HOSPITAL_CKKS = ("encryption.fields_per_slot=4", "encryption.field_bits=10", "encryption.global_scale_bits=14")
 
 
 @pytest.mark.parametrize(
@@ -148,19 +168,22 @@ TEN_HOSPITAL_CKKS = ("encryption.fields_per_slot=4", "encryption.field_bits=11",
 def test_accepted_ckks_settings_fit_the_ckks_encoder(hospitals, extra):
     """SEAL's CKKS encoder refuses a slot once value x scale exceeds 2^(first modulus bits - 2).
 
-    The largest slot a hospital encodes holds a full ``value_bits`` integer in its top field, so any
-    configuration validate() accepts must keep that below the encoder's limit (refusing it is fine).
+    A masked slot is any integer below 2^slot_bits and the sum of the hospitals' slots needs
+    log2(hospitals) more bits, so every configuration validate() accepts must keep both below the
+    first modulus (and the sum an exact float64 integer).
     """
     # Prepare
-    raw = compose_raw(f"federation.num_hospitals={hospitals}", f"federation.min_hospitals={hospitals}", *extra)
+    raw = compose_raw(f"federation.num_hospitals={hospitals}", "encryption.colluders=0", *extra)
 
     # Execute: every one of these shipped settings must be accepted
     cfg = validate(raw)
 
     # Assert
     e = cfg.encryption
-    top_bits = (e.fields_per_slot - 1) * e.field_bits + value_bits(e, hospitals)
-    assert top_bits + e.global_scale_bits <= e.coeff_mod_bit_sizes[0] - 2
+    bits = e.fields_per_slot * e.field_bits
+    assert bits + e.global_scale_bits <= e.coeff_mod_bit_sizes[0] - 2  # one masked slot encodes
+    assert bits + max(1, math.ceil(math.log2(hospitals))) + e.global_scale_bits <= e.coeff_mod_bit_sizes[0] - 1
+    assert bits + max(1, math.ceil(math.log2(hospitals))) <= 52
 
 
 BAD_VALUES = [
@@ -177,6 +200,9 @@ BAD_VALUES = [
     ("device=tpu", "device"),
     ("federation.num_hospitals=abc", "federation"),
     ("federation.min_hospitals=4", "federation.min_hospitals"),
+    ("federation.min_hospitals=2", "federation.min_hospitals=2 with 3 hospitals lets the server colluding with 1"),
+    ("federation.num_hospitals=2", "with 2 hospitals no aggregate can hide an update"),
+    ("encryption.colluders=-1", "encryption.colluders=-1"),
     ("encryption.global_scale_bits=10", "encryption.global_scale_bits"),
     ("encryption.poly_modulus_degree=3000", "encryption.poly_modulus_degree"),
     ("data.channels=2", "data.channels"),

@@ -50,7 +50,7 @@ def test_failing_hospitals_are_left_out_named_and_too_few_stop_the_run_with_the_
     # Execute
     done = run(
         run_dir, *QUICK, "federation.rounds=3", f"federation.hospital_dir={tmp_path / 'h'}",
-        "federation.min_hospitals=1", faults=faults,
+        "federation.min_hospitals=1", "encryption.colluders=0", faults=faults,
     )  # fmt: skip
 
     # Assert: each bad reply is named with its cause and left out

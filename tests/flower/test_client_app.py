@@ -8,15 +8,14 @@ import json
 import numpy as np
 import pytest
 from conftest import compose_cfg
+from fakes import hospital_contexts, roster_config
 from flwr.app import ConfigRecord, Context, RecordDict
-from omegaconf import OmegaConf
 
 from pipeline.flower import messages as M
 from pipeline.flower.client_app import HospitalClient, OutOfSync
-from pipeline.flower.context import EXPERIMENT_KEY, SECRET_CONTEXT_KEY, STATE_DIR_KEY
+from pipeline.flower.context import STATE_DIR_KEY
 from pipeline.flower.hospital_state import HospitalState
 from pipeline.privacy.ledger import PrivacyLedger
-from pipeline.secagg import keys
 from pipeline.secagg.codec import CkksCodec
 from pipeline.secagg.wire import Payload, digest
 from strategies.server_optimizers import ServerOptimizer
@@ -34,23 +33,19 @@ def make_cfg(*overrides: str):
 
 
 def make_context(cfg, tmp_path, hospital: int = 0) -> Context:
-    node = {"partition-id": hospital, STATE_DIR_KEY: str(tmp_path / "state")}
-    if cfg.encryption.enabled:
-        secret = tmp_path / "keys" / keys.SECRET_FILE
-        if not secret.exists():
-            keys.write_key_files(cfg.encryption, tmp_path / "keys")
-        node[SECRET_CONTEXT_KEY] = str(secret)
-    return Context(
-        run_id=1,
-        node_id=10 + hospital,
-        node_config=node,
-        state=RecordDict(),
-        run_config={EXPERIMENT_KEY: OmegaConf.to_yaml(cfg)},
-    )
+    """Hospital ``hospital`` of ``cfg``'s federation (shared CKKS key, own signing key, the roster)."""
+    return hospital_contexts(cfg, tmp_path)[hospital]
 
 
-def train_message(rnd: int = 1, n_ref: int = 100) -> RecordDict:
-    return RecordDict({M.CONFIG: ConfigRecord({M.ROUND: rnd, M.N_REF: n_ref})})
+def train_message(rnd: int = 1, n_ref: int = 100, roster: dict | None = None, attempt: int = 0) -> RecordDict:
+    return RecordDict({M.CONFIG: ConfigRecord({M.ROUND: rnd, M.ATTEMPT: attempt, M.N_REF: n_ref, **(roster or {})})})
+
+
+def encrypted_hospital(cfg, tmp_path, hospital: int = 0) -> tuple[HospitalClient, dict]:
+    """A hospital of an encrypted federation and the roster a train message carries."""
+    contexts = hospital_contexts(cfg, tmp_path)
+    roster = roster_config(contexts)  # each hospital's query reply: it makes its agreement key then
+    return HospitalClient(contexts[hospital]), roster
 
 
 def aggregate_message(rnd: int, values: np.ndarray, total_weight: float, count: int, opt: dict | None = None):
@@ -82,10 +77,10 @@ def test_query_reports_sizes_only(tmp_path):
 
 def test_encrypted_train_reply_carries_ciphertexts_and_epsilon(tmp_path):
     cfg = make_cfg()  # default: DP-SGD + CKKS
-    context = make_context(cfg, tmp_path)
-    client = HospitalClient(context)
+    client, roster = encrypted_hospital(cfg, tmp_path)
+    context = client.context
 
-    reply = client.train(train_message(n_ref=client.data.num_train))
+    reply = client.train(train_message(n_ref=client.data.num_train, roster=roster))
 
     payload = Payload.get(reply)
     conf = reply[M.CONFIG]
@@ -115,7 +110,7 @@ def test_hospital_out_of_budget_does_not_train(tmp_path):
 def test_non_finite_update_is_refused_before_encrypting(tmp_path, monkeypatch):
     # Prepare: the default private path (DP-SGD + CKKS); training leaves NaN in the weights
     cfg = make_cfg()
-    client = HospitalClient(make_context(cfg, tmp_path))
+    client, roster = encrypted_hospital(cfg, tmp_path)
     real_train = __import__("pipeline.task.training", fromlist=["train_round"]).train_round
     encrypted: list[int] = []
 
@@ -133,7 +128,7 @@ def test_non_finite_update_is_refused_before_encrypting(tmp_path, monkeypatch):
 
     # Execute / Assert
     with pytest.raises(ValueError, match="non-finite"):
-        client.train(train_message(n_ref=client.data.num_train))
+        client.train(train_message(n_ref=client.data.num_train, roster=roster))
     assert encrypted == []
     # it trained on its data, so the round is charged to its budget all the same (conservative)
     saved = HospitalState.load(client._state_file())
@@ -209,8 +204,8 @@ def test_missing_state_dir_is_refused_with_its_name(tmp_path):
 
 
 def test_evaluate_reply_holds_metrics_only(tmp_path):
-    # Prepare: a hospital that applies an encrypted aggregate, then evaluates
-    cfg = make_cfg()
+    # Prepare: a hospital that applies an aggregate, then evaluates
+    cfg = make_cfg("encryption=none")
     client = HospitalClient(make_context(cfg, tmp_path))
     trained = client.train(train_message(n_ref=client.data.num_train))
     content = RecordDict({M.CONFIG: ConfigRecord({M.ROUND: 1, M.AGG_ROUND: 1, M.TOTAL_WEIGHT: 1.0, M.COUNT: 1})})
@@ -248,8 +243,21 @@ def test_reproducible_trainings_of_one_config_release_the_same_update(tmp_path):
     np.testing.assert_array_equal(first, second)
 
 
+def test_a_retried_round_trains_afresh_even_in_the_reproducible_mode(tmp_path):
+    # the retry trap: the same update under a second set of masks would let a key holder subtract
+    # the two; a retry must therefore release another update (new batches, new noise)
+    cfg = make_cfg("encryption=none", "privacy.reproducible=true", "privacy.secure_mode=false")
+    first = HospitalClient(make_context(cfg, tmp_path / "a"))
+    retry = HospitalClient(make_context(cfg, tmp_path / "b"))
+
+    update = Payload.get(first.train(train_message(n_ref=first.data.num_train))).values
+    retried = Payload.get(retry.train(train_message(n_ref=retry.data.num_train, attempt=1))).values
+
+    assert update.shape == retried.shape and not np.allclose(update, retried)
+
+
 def test_the_train_reply_carries_the_dp_report(tmp_path):
-    cfg = make_cfg()
+    cfg = make_cfg("encryption=none")
     client = HospitalClient(make_context(cfg, tmp_path))
 
     conf = client.train(train_message(n_ref=client.data.num_train))[M.CONFIG]
@@ -266,7 +274,7 @@ def test_the_train_reply_carries_the_dp_report(tmp_path):
 def test_a_hospital_capped_at_ten_takes_one_epsilon_8_study_and_refuses_a_second(tmp_path):
     # Prepare: a hospital with its own lifetime cap (node config), the same folders for both studies
     def hospital(study: str) -> HospitalClient:
-        cfg = make_cfg("encryption=none", f"+study_id={study}", "federation.rounds=1")
+        cfg = make_cfg("encryption=none", f"study_id={study}", "federation.rounds=1")
         context = make_context(cfg, tmp_path)
         context.node_config["max-lifetime-epsilon"] = 10.0
         return HospitalClient(context)

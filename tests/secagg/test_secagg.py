@@ -17,12 +17,16 @@ from pipeline.secagg.params import value_bits
 from pipeline.secagg.server_sum import CiphertextSum
 from pipeline.secagg.wire import Payload, digest, fingerprint
 
-TEN_HOSPITALS = ("encryption.fields_per_slot=4", "encryption.field_bits=11", "encryption.global_scale_bits=15")
+TEN_HOSPITALS = ("encryption.fields_per_slot=4", "encryption.field_bits=10", "encryption.global_scale_bits=14")
 
 
 def _enc(hospitals: int = 3, *extra: str):
     return compose_cfg(
-        "data=synthetic", f"federation.num_hospitals={hospitals}", f"federation.min_hospitals={hospitals}", *extra
+        "data=synthetic",
+        f"federation.num_hospitals={hospitals}",
+        f"federation.min_hospitals={hospitals}",
+        "encryption.colluders=0",
+        *extra,
     ).encryption
 
 
@@ -62,22 +66,23 @@ def test_pack_unpack_round_trip_is_exact_up_to_the_field_max(fields, field_bits)
     back = packing.unpack(slots, len(ints), fields, field_bits)
 
     # Assert
-    assert slots.dtype == np.float64 and len(slots) == -(-len(ints) // fields)
+    assert slots.dtype == np.uint64 and len(slots) == -(-len(ints) // fields)
     np.testing.assert_array_equal(back, ints)
-    padded = np.zeros(len(slots) * fields, dtype=np.int64)
+    padded = np.zeros(len(slots) * fields, dtype=object)
     padded[: len(ints)] = ints
-    reference = sum(padded[j::fields].astype(np.float64) * 2.0 ** (field_bits * j) for j in range(fields))
-    np.testing.assert_allclose(slots, reference, rtol=0, atol=0)
+    reference = [sum(int(padded[i * fields + j]) << (field_bits * j) for j in range(fields)) for i in range(len(slots))]
+    assert [int(v) for v in slots] == reference
 
 
-def test_unpack_tolerates_ckks_noise_below_half_a_step():
-    # Prepare
+def test_rounding_tolerates_ckks_noise_below_half_a_step():
+    # Prepare: decrypted slots are the packed integers plus CKKS noise
     rng = np.random.default_rng(1)
-    ints = rng.integers(0, 512, size=500)
-    slots = packing.pack(ints, 5, 9)
+    ints = rng.integers(0, 256, size=500)
+    slots = packing.pack(ints, 5, 8)
+    noisy = slots.astype(np.float64) + rng.uniform(-0.4, 0.4, size=slots.shape)
 
     # Execute
-    back = packing.unpack(slots + rng.uniform(-0.4, 0.4, size=slots.shape), len(ints), 5, 9)
+    back = packing.unpack(packing.rounded(noisy), len(ints), 5, 8)
 
     # Assert
     np.testing.assert_array_equal(back, ints)

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
-from collections.abc import Callable
 
 import numpy as np
 import pytest
+from fakes import FakeGrid, Hospital
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
-from flwr.supercore.task_identity import TaskIdentity
 
 from pipeline.errors import RunFailed
 from pipeline.flower import messages as M
@@ -28,52 +26,6 @@ from strategies import SecureFedAdam, SecureFedAvg, SecureFedProx
 from strategies.server_optimizers import ServerOptimizer
 
 SIZE = 12
-Hospital = Callable[[Message], RecordDict | Error | None]  # None: no reply at all
-
-
-@pytest.fixture(autouse=True)
-def server_identity():
-    """What Flower's ServerApp runtime sets before a strategy creates messages."""
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-
-
-class FakeGrid:
-    """Delivers each message to a fake hospital and hands back its reply (the Grid methods the loop uses)."""
-
-    def __init__(self, hospitals: dict[int, Hospital]) -> None:
-        self.hospitals = hospitals
-        self.sent: list[Message] = []
-        self._replies: dict[str, Message] = {}
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.hospitals)
-
-    def push_messages(self, messages) -> list[str]:
-        ids = []
-        for msg in messages:
-            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # what the SuperLink assigns
-            self.sent.append(msg)
-            answer = self.hospitals[msg.metadata.dst_node_id](msg)
-            if isinstance(answer, Error):
-                self._replies[msg.metadata.message_id] = Message(error=answer, reply_to=msg)
-            elif answer is not None:
-                self._replies[msg.metadata.message_id] = Message(content=answer, reply_to=msg)
-            ids.append(msg.metadata.message_id)
-        return ids
-
-    def pull_messages(self, ids) -> list[Message]:
-        return [self._replies.pop(i) for i in list(ids) if i in self._replies]
-
-    def send_and_receive(self, messages, timeout=None) -> list[Message]:
-        return self.pull_messages(self.push_messages(messages))
-
-    def sent_of(self, kind: str, rnd: int | None = None) -> list[Message]:
-        return [
-            m
-            for m in self.sent
-            if m.metadata.message_type == kind and (rnd is None or int(m.content[M.CONFIG][M.ROUND]) == rnd)
-        ]
 
 
 class PlainHospital:

@@ -7,7 +7,7 @@ Two attacks test what the privacy mechanisms claim, measured rather than assumed
   (cosine-similarity loss over all parameter gradients plus a total-variation prior, Adam on the
   images with signed gradients, images kept inside the valid intensity range, labels assumed
   known as in the paper). It is run against one hospital's single local step on a small batch,
-  at the public initial weights (round 1, where the attack is strongest), in three settings:
+  at the public initial weights (round 1, where the attack is strongest), in four settings:
 
   - ``plaintext``: no DP, no encryption: the server receives the float32 update
     ``(n_k / n_ref) * (w_local - w_global)``; for one SGD step this is a known scale of the
@@ -19,6 +19,11 @@ Two attacks test what the privacy mechanisms claim, measured rather than assumed
     (:class:`pipeline.secagg.codec.CkksCodec`). The server holds the parameters-only context; decrypting
     is attempted and the failure recorded. There is no gradient to invert, so no reconstruction
     is made and its SSIM/PSNR are reported as null, with the reason.
+  - ``collusion``: the server plus one hospital, which holds the shared CKKS key: the victim's
+    real masked reply (the real protocol and codec) decrypted, the one mask the colluder knows
+    removed, the rest read as the update and inverted (:mod:`.collusion`). Its yardstick is the
+    ``no_information_baseline``: the same attack on a uniformly random update (what a reply whose
+    masks nobody can remove decodes to); a TV-smoothed blob scores a little above random images.
 
   Reconstructions are scored against the true images by SSIM and PSNR (MONAI's metrics, images
   mapped to [0, 1]), after matching reconstructions to true images of the same label; a random-
@@ -45,6 +50,7 @@ importing only those above it:
 * :mod:`.inversion`: the inversion attack (cosine gradient loss, total variation, Adam).
 * :mod:`.images`: [0, 1] intensities, SSIM / PSNR, matching reconstructions to true images.
 * :mod:`.encrypted`: what the server sees of a CKKS-encrypted update (:class:`EncryptedView`).
+* :mod:`.collusion`: what the server and one colluding hospital read of another's reply.
 * :mod:`.membership`: per-sample losses, ROC, the loss-threshold attack.
 * :mod:`.run`: options, reading the run folder, :func:`attack_run`.
 * :mod:`.report`: report.json / report.md / inversion_grid.png.
@@ -52,6 +58,7 @@ importing only those above it:
 """
 
 from pipeline.analysis.attacks.cli import main, parse_args
+from pipeline.analysis.attacks.collusion import colluder_estimate, no_information_estimate
 from pipeline.analysis.attacks.encrypted import EncryptedView, encrypted_view
 from pipeline.analysis.attacks.gradients import (
     batch_gradient,
@@ -105,6 +112,8 @@ __all__ = [
     "invert_gradients",
     "load_run_config",
     "loss_threshold_attack",
+    "colluder_estimate",
+    "no_information_estimate",
     "main",
     "match_to_truth",
     "observed_gradient",

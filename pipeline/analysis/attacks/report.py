@@ -54,6 +54,11 @@ def report_markdown(report: dict[str, Any]) -> str:
             f"{dp['max_grad_norm']:g}, target epsilon {dp['target_epsilon']:g}) | {_fmt(dp['ssim'])} | "
             f"{_fmt(dp['psnr'], 2)} |",
             f"| encrypted | {enc['chunks']} CKKS ciphertext chunks ({enc['payload_bytes']} bytes) | n/a | n/a |",
+            "| collusion | server + one hospital: the victim's reply decrypted with the shared key, "
+            f"the masks of honest hospitals left | {_fmt(inv['collusion']['ssim'])} | "
+            f"{_fmt(inv['collusion']['psnr'], 2)} |",
+            f"| no information (baseline): the attack on a uniformly random update | | "
+            f"{_fmt(inv['no_information_baseline']['ssim'])} | {_fmt(inv['no_information_baseline']['psnr'], 2)} |",
             f"| random images (baseline) | | {_fmt(inv['random_baseline']['ssim'])} | "
             f"{_fmt(inv['random_baseline']['psnr'], 2)} |",
             f"| mean training image (baseline) | | {_fmt(inv['mean_image_baseline']['ssim'])} | "
@@ -64,6 +69,9 @@ def report_markdown(report: dict[str, Any]) -> str:
             f"- Encrypted: {enc['reason']} Server decryption attempt: `{enc['server_decrypt_error']}`. "
             f"The key holders decode the same payload to within {enc['key_holder_max_abs_error']:.2g} "
             f"(quantisation; {enc['parameters_source']}).",
+            f"- Collusion: {inv['collusion']['threat_model']} Masks left on it: "
+            f"{', '.join(inv['collusion']['masks_left'])}; the estimate's correlation with the true update is "
+            f"{inv['collusion']['estimate_correlation']:.3f}.",
             "- SSIM/PSNR after matching each reconstruction to the true image of the same label it resembles most; "
             "the random baseline is the attack's own starting point.",
             "",
@@ -111,6 +119,7 @@ def save_grid(images: dict[str, torch.Tensor], report: dict[str, Any], path: Pat
         ("true", "true images"),
         ("plaintext", f"no DP\nSSIM {inv['plaintext']['ssim']:.2f}"),
         ("dp", f"DP (eps {inv['dp']['target_epsilon']:g})\nSSIM {inv['dp']['ssim']:.2f}"),
+        ("collusion", f"server + 1 hospital\nSSIM {inv['collusion']['ssim']:.2f}"),
         ("random", f"random start\nSSIM {inv['random_baseline']['ssim']:.2f}"),
     ]
     cols = len(images["true"])

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline.analysis.attacks.collusion import colluder_estimate, no_information_estimate
 from pipeline.analysis.attacks.encrypted import encrypted_view
 from pipeline.analysis.attacks.gradients import gradient_from_update, observed_gradient, update_from_gradient
 from pipeline.analysis.attacks.images import image_scores, match_to_truth, to_unit
@@ -205,6 +206,23 @@ def attack_run(
             **view.as_dict(),
         }
         log(f"inversion encrypted: {view.chunks} ciphertext chunks, server decryption -> {view.decrypt_error}")
+        # the server plus one colluding hospital: the victim's real masked reply, decrypted with the key
+        estimate, facts = colluder_estimate(plain_update, enc, max(num_hospitals, 3), opts.seed)
+        invert("collusion", gradient_from_update(model, estimate, step_lr, weight))
+        nothing = no_information_estimate(len(estimate), enc, opts.seed + 2)
+        invert("no_information_baseline", gradient_from_update(model, nothing, step_lr, weight))
+        settings["collusion"].update(
+            {
+                "threat_model": (
+                    "the server hands another hospital's real reply to a colluding hospital, which decrypts it "
+                    "with the shared CKKS key and removes the masks the pair knows after the round (the victim's "
+                    "self mask, whose seed the survivors revealed, and its own pair mask with the victim); the rest "
+                    "is read as the update and inverted. The update is the no-DP one."
+                ),
+                "parameters_source": enc_source,
+                **facts,
+            }
+        )
         rand = random_images(tuple(x.shape), opts.seed + 1, bounds)
         rand = match_to_truth(to_unit(rand, mean, std), truth, y.cpu())
         images["random"] = rand
