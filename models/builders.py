@@ -1,8 +1,9 @@
 """MONAI networks chosen by config (``conf/model/``).
 
-Each builder takes the data-derived shape (``in_channels``, ``num_classes``, ``image_size``) plus
-its own config keys. Normalisation is a MONAI ``(name, kwargs)`` value; GroupNorm is the default
-because DP-SGD cannot train BatchNorm (it mixes samples in a batch).
+Each builder takes the data-derived shape (``in_channels``, ``num_classes``, ``image_size``,
+``spatial_dims``: 2 for images, 3 for volumes) plus its own config keys. Normalisation is a MONAI
+``(name, kwargs)`` value; GroupNorm is the default because DP-SGD cannot train BatchNorm (it
+mixes samples in a batch).
 """
 
 from __future__ import annotations
@@ -34,21 +35,23 @@ def cnn(
     norm: Norm = ("group", {"num_groups": 8}),
     act: str = "relu",
     dropout: float = 0.0,
+    spatial_dims: int = 2,
 ) -> nn.Module:
     """MONAI ``Classifier``: strided residual conv units then a linear head.
 
     Args:
         in_channels: image channels (1 greyscale, 3 RGB).
         num_classes: output logits.
-        image_size: side of the square input.
+        image_size: side of the square (cubic) input.
         channels: output channels of each stage; default (16, 32, 64), ~100k parameters at 28x28.
         strides: stride of each stage; default 2 each.
         norm: MONAI norm spec; default GroupNorm with 8 groups.
         act: activation; ReLU by default (PReLU's per-sample gradients are slower under DP).
         dropout: dropout probability; default 0.
+        spatial_dims: 2 (images) or 3 (volumes: Conv3d throughout).
     """
     return nets.Classifier(
-        in_shape=(in_channels, image_size, image_size),
+        in_shape=(in_channels, *(image_size,) * spatial_dims),
         classes=num_classes,
         channels=tuple(channels),
         strides=tuple(strides),
@@ -59,19 +62,24 @@ def cnn(
 
 
 def resnet18(
-    in_channels: int, num_classes: int, image_size: int, norm: Norm = ("group", {"num_groups": 32})
+    in_channels: int,
+    num_classes: int,
+    image_size: int,
+    norm: Norm = ("group", {"num_groups": 32}),
+    spatial_dims: int = 2,
 ) -> nn.Module:
-    """MONAI ResNet-18 (11.2M parameters); small inputs (< 64 px) get a 3x3 stem without max-pooling.
+    """MONAI ResNet-18 (11.2M parameters 2D, 33M 3D); small inputs (< 64 px) get a 3x3 stem without max-pooling.
 
     Args:
         in_channels: image channels.
         num_classes: output logits.
-        image_size: side of the square input; decides the stem.
+        image_size: side of the square (cubic) input; decides the stem.
         norm: MONAI norm spec; default GroupNorm with 32 groups.
+        spatial_dims: 2 (images) or 3 (volumes).
     """
     small = image_size < 64
     net = nets.resnet18(
-        spatial_dims=2,
+        spatial_dims=spatial_dims,
         n_input_channels=in_channels,
         num_classes=num_classes,
         conv1_t_size=3 if small else 7,
@@ -79,24 +87,30 @@ def resnet18(
         no_max_pool=small,
         norm=_norm(norm),
     )
-    return out_of_place_residuals(disable_inplace(replace_batchnorm(net, _norm(norm))))
+    return out_of_place_residuals(disable_inplace(replace_batchnorm(net, _norm(norm), spatial_dims)))
 
 
 def densenet121(
-    in_channels: int, num_classes: int, image_size: int, norm: Norm = ("group", {"num_groups": 8})
+    in_channels: int,
+    num_classes: int,
+    image_size: int,
+    norm: Norm = ("group", {"num_groups": 8}),
+    spatial_dims: int = 2,
 ) -> nn.Module:
-    """MONAI DenseNet-121 (7M parameters).
+    """MONAI DenseNet-121 (7M parameters 2D, 11M 3D).
 
     Args:
         in_channels: image channels.
         num_classes: output logits.
-        image_size: side of the square input; inputs below 64 px are upsampled to 64 first, since the
-            network halves the resolution five times.
+        image_size: side of the square (cubic) input; inputs below 64 are upsampled to 64 first,
+            since the network halves the resolution five times.
         norm: MONAI norm spec; default GroupNorm with 8 groups.
+        spatial_dims: 2 (images) or 3 (volumes).
     """
     net = disable_inplace(
-        nets.DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=num_classes, norm=_norm(norm))
+        nets.DenseNet121(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes, norm=_norm(norm))
     )
     if image_size < 64:
-        return nn.Sequential(nn.Upsample(size=(64, 64), mode="bilinear", align_corners=False), net)
+        mode = "bilinear" if spatial_dims == 2 else "trilinear"
+        return nn.Sequential(nn.Upsample(size=(64,) * spatial_dims, mode=mode, align_corners=False), net)
     return net

@@ -54,6 +54,7 @@ def make_private(
     ledger: PrivacyLedger,
     privacy: DictConfig,
     randomness: MechanismRandomness | None = None,
+    criterion: nn.Module | None = None,
 ) -> PrivateTraining:
     """Wrap for DP-SGD with Poisson sampling; the engine's accountant continues ``ledger``.
 
@@ -66,7 +67,10 @@ def make_private(
         privacy: the ``privacy`` config group (clipping mode, randomness).
         randomness: where the batch selection and the noise come from; by default a fresh source
             of the kind ``privacy`` asks for (reproducible runs must pass their seeded one).
+        criterion: the task's loss (cross-entropy by default); its per-sample form
+            (``reduction="none"``) must give one loss per sample, shape [batch].
     """
+    criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
     if randomness is None:
         kind = randomness_kind(privacy)
         if kind == REPRODUCIBLE:
@@ -82,13 +86,13 @@ def make_private(
     loader = poisson_loader(dataset, plan.sample_rate, randomness)
     if str(privacy.grad_sample_mode) == "bk":  # book-keeping clipping: ours, with Opacus's optimizer and accountant
         module, opt, criterion, dp_loader = make_private_bookkeeping(
-            engine, model, optimizer, nn.CrossEntropyLoss(), loader, plan.noise_multiplier, plan.max_grad_norm
+            engine, model, optimizer, criterion, loader, plan.noise_multiplier, plan.max_grad_norm
         )
     else:
         wrapped = engine.make_private(
             module=model,
             optimizer=optimizer,
-            criterion=nn.CrossEntropyLoss(),
+            criterion=criterion,
             data_loader=loader,
             noise_multiplier=plan.noise_multiplier,
             max_grad_norm=plan.max_grad_norm,
@@ -99,6 +103,5 @@ def make_private(
             module, opt, criterion, dp_loader = wrapped
         else:
             module, opt, dp_loader = wrapped
-            criterion = nn.CrossEntropyLoss()
     draw_noise_from(opt, randomness)
     return PrivateTraining(module, opt, criterion, dp_loader, engine, randomness)

@@ -1,6 +1,16 @@
-"""Classification metrics shared by every mode: ROC-AUC (MONAI), accuracy, MCC, loss."""
+"""Classification metrics shared by every mode: ROC-AUC (MONAI), accuracy, MCC, loss.
+
+Single-label data (class indices): one-vs-rest ROC-AUC over softmax outputs, accuracy and MCC
+of the arg-max, cross-entropy. Multi-label data (multi-hot rows): every finding's ROC-AUC,
+accuracy and MCC over its sigmoid output (threshold 0.5), binary cross-entropy; the headline
+``auc`` is the macro mean of the findings' AUCs (findings whose test labels do not vary have
+none), ``accuracy`` and ``mcc`` are means over findings, and ``per_label`` holds each finding's.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,9 +30,48 @@ def matthews_corrcoef(labels: np.ndarray, predicted: np.ndarray, num_classes: in
     return float((c * s - (t * p).sum()) / denom) if denom > 0 else 0.0
 
 
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """ROC-AUC (one-vs-rest macro for > 2 classes), accuracy, MCC and cross-entropy of ``logits``."""
+def _binary_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """ROC-AUC of one binary task; NaN when the labels do not vary."""
+    if len(torch.unique(labels)) < 2:
+        return float("nan")
+    return float(compute_roc_auc(scores, labels))
+
+
+def multi_label_metrics(logits: torch.Tensor, labels: torch.Tensor, names: Sequence[str]) -> dict[str, Any]:
+    """Per-finding ROC-AUC, accuracy and MCC over sigmoid outputs, their means, and the BCE loss."""
+    y = labels.float()
+    loss = float(torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)) if len(y) else float("nan")
+    probs = torch.sigmoid(logits.float())
+    truth, pred = y.numpy().astype(np.int64), (probs >= 0.5).numpy().astype(np.int64)
+    per_label = {}
+    for j, name in enumerate(names):
+        per_label[str(name)] = {
+            "auc": _binary_auc(probs[:, j], y[:, j]),
+            "accuracy": float((truth[:, j] == pred[:, j]).mean()) if len(y) else float("nan"),
+            "mcc": matthews_corrcoef(truth[:, j], pred[:, j], 2),
+            "positives": int(truth[:, j].sum()),
+        }
+    aucs = [m["auc"] for m in per_label.values() if not np.isnan(m["auc"])]
+    return {
+        "auc": float(np.mean(aucs)) if aucs else float("nan"),
+        "accuracy": float(np.mean([m["accuracy"] for m in per_label.values()])),
+        "mcc": float(np.mean([m["mcc"] for m in per_label.values()])),
+        "loss": loss,
+        "per_label": per_label,
+    }
+
+
+def classification_metrics(
+    logits: torch.Tensor, labels: torch.Tensor, names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """ROC-AUC (one-vs-rest macro for > 2 classes), accuracy, MCC and cross-entropy of ``logits``.
+
+    ``labels`` of shape (N, findings) are multi-label (see :func:`multi_label_metrics`; ``names``
+    names the findings in ``per_label``, by default ``label_<j>``).
+    """
     num_classes = logits.shape[1]
+    if labels.ndim == 2:
+        return multi_label_metrics(logits, labels, names or [f"label_{j}" for j in range(num_classes)])
     loss = float(torch.nn.functional.cross_entropy(logits, labels)) if len(labels) else float("nan")
     probs = torch.softmax(logits.float(), dim=1)
     pred = probs.argmax(dim=1)

@@ -2,7 +2,8 @@
 
 The partitioner comes from ``conf/partition/`` through ``_target_`` (IID, Dirichlet label skew,
 linear/exponential quantity skew). The data are shuffled once with the run's seed first, because
-flwr-datasets' IID and size partitioners cut contiguous shards.
+flwr-datasets' IID and size partitioners cut contiguous shards. Only labels are used (no pixel
+is read); multi-label data are partitioned by :func:`~pipeline.task.data.label_strata`.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from pipeline.errors import ConfigError
-from pipeline.task.data import stratified_split
+from pipeline.task.data import label_strata, stratified_split
 
 
 def partition_indices(labels: np.ndarray, partition: DictConfig, seed: int) -> list[np.ndarray]:
-    """Indices into ``labels`` held by each hospital; disjoint, seeded, reproducible."""
+    """Indices into ``labels`` (class indices, or multi-hot rows) held by each hospital; disjoint, seeded."""
     order = np.random.default_rng(seed).permutation(len(labels))
-    table = Dataset.from_dict({"label": labels[order].tolist(), "index": order.tolist()})
+    table = Dataset.from_dict({"label": label_strata(labels)[order].tolist(), "index": order.tolist()})
     try:
         partitioner = instantiate(partition)
     except Exception as err:

@@ -13,27 +13,35 @@ from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Dataset
 
 from pipeline.errors import ConfigError
 from pipeline.task.data import (
-    ImageDataset,
     SiteImages,
     Splits,
     load_site,
     load_splits,
+    make_dataset,
     medmnist_path,
     save_medmnist_layout,
     stratified_split,
 )
 from pipeline.task.partition import partition_indices, train_val_split
 
+# The config keys a hospital's share depends on.
+SHARE_KEYS = ("data", "partition", "federation", "seed")
+
 
 @dataclass
 class HospitalData:
-    """A hospital's local training and validation sets and the data shape."""
+    """A hospital's local training and validation sets and the data shape.
 
-    train: ImageDataset
-    val: ImageDataset
+    ``train`` and ``val`` are :class:`~pipeline.task.data.ImageDataset` (in-memory data) or
+    :class:`~pipeline.task.data.FileDataset` (files read lazily).
+    """
+
+    train: Dataset
+    val: Dataset
     channels: int
     num_classes: int
     image_size: int
@@ -57,38 +65,50 @@ def splits(cfg: DictConfig) -> Splits:
 def _shares(cfg_yaml: str) -> list[tuple[np.ndarray, np.ndarray]]:
     cfg = OmegaConf.create(cfg_yaml)
     s = splits(cfg)
-    parts = partition_indices(s.train_y, cfg.partition, int(cfg.seed))
+    parts = partition_indices(s.train_y, cfg.partition, int(cfg.seed))  # labels only: no pixel is read
     return [
         train_val_split(idx, s.train_y, float(cfg.federation.val_fraction), int(cfg.seed) + i)
         for i, idx in enumerate(parts)
     ]
 
 
+def _share_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, list(SHARE_KEYS)))
+
+
 def hospital_shares(cfg: DictConfig) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train indices, validation indices) of every hospital, seeded."""
-    keys = ("data", "partition", "federation", "seed")
-    return _shares(OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, list(keys))))
+    return _shares(_share_yaml(cfg))
 
 
 def _site(cfg: DictConfig, s: Splits, train_idx: np.ndarray, val_idx: np.ndarray) -> HospitalData:
     """Training (augmented if configured) and validation sets from indices into the train split."""
-    mean, std = float(cfg.data.mean), float(cfg.data.std)
     return HospitalData(
-        ImageDataset(s.train_x[train_idx], s.train_y[train_idx], mean, std, bool(cfg.data.augment)),
-        ImageDataset(s.train_x[val_idx], s.train_y[val_idx], mean, std),
+        make_dataset(cfg.data, s.train_x[train_idx], s.train_y[train_idx], True, s.class_names),
+        make_dataset(cfg.data, s.train_x[val_idx], s.train_y[val_idx], False, s.class_names),
         s.channels,
         s.num_classes,
         s.image_size,
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _hospital(share_yaml: str, hospital: int) -> HospitalData:
+    cfg = OmegaConf.create(share_yaml)
+    train_idx, val_idx = hospital_shares(cfg)[hospital]
+    return _site(cfg, splits(cfg), train_idx, val_idx)
+
+
 def hospital_data(cfg: DictConfig, hospital: int) -> HospitalData:
-    """Hospital ``hospital``'s share of the training split (0-based)."""
+    """Hospital ``hospital``'s share of the training split (0-based).
+
+    Built once per process and config: a hospital's datasets (and their in-memory cache, with
+    ``data.cache=memory``) persist from one round's message to the next.
+    """
     n = int(cfg.federation.num_hospitals)
     if not 0 <= hospital < n:
         raise ValueError(f"hospital id {hospital} is outside 0..{n - 1}")
-    train_idx, val_idx = hospital_shares(cfg)[hospital]
-    return _site(cfg, splits(cfg), train_idx, val_idx)
+    return _hospital(_share_yaml(cfg), hospital)
 
 
 @functools.lru_cache(maxsize=2)
@@ -107,10 +127,9 @@ def own_hospital_data(cfg: DictConfig, root: str) -> HospitalData:
     if val_x is None:
         keep, held = stratified_split(train_y, float(cfg.federation.val_fraction), int(cfg.seed))
         train_x, train_y, val_x, val_y = train_x[keep], train_y[keep], train_x[held], train_y[held]
-    mean, std = float(cfg.data.mean), float(cfg.data.std)
     return HospitalData(
-        ImageDataset(train_x, train_y, mean, std, bool(cfg.data.augment)),
-        ImageDataset(val_x, val_y, mean, std),
+        make_dataset(cfg.data, train_x, train_y, True, site.class_names),
+        make_dataset(cfg.data, val_x, val_y, False, site.class_names),
         int(train_x.shape[1]),
         len(site.class_names),
         int(train_x.shape[-1]),
@@ -145,7 +164,12 @@ def pooled_data(cfg: DictConfig) -> HospitalData:
     return _site(cfg, splits(cfg), train_idx, val_idx)
 
 
-def test_dataset(cfg: DictConfig) -> ImageDataset:
-    """The held-out test split (never used for training or model selection)."""
-    s = splits(cfg)
-    return ImageDataset(s.test_x, s.test_y, float(cfg.data.mean), float(cfg.data.std))
+@functools.lru_cache(maxsize=4)
+def _test_set(data_yaml: str, seed: int) -> Dataset:
+    s = _splits(data_yaml, seed)
+    return make_dataset(OmegaConf.create(data_yaml), s.test_x, s.test_y, False, s.class_names)
+
+
+def test_dataset(cfg: DictConfig) -> Dataset:
+    """The held-out test split (never used for training or model selection); built once per process."""
+    return _test_set(OmegaConf.to_yaml(cfg.data), int(cfg.seed))

@@ -1,4 +1,7 @@
-"""Data loaders: the real PneumoniaMNIST file, a hospital's folder export, synthetic images, splits."""
+"""Data loaders: the real PneumoniaMNIST file, a hospital's folder export, synthetic images, splits.
+
+Reading manifests, DICOM and NIfTI: tests/task/test_hospital_files.py.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ from conftest import compose_cfg
 from PIL import Image
 
 from pipeline.errors import DataError
-from pipeline.task.data import ImageDataset, _read_class_folders, load_splits, make_synthetic, stratified_split
+from pipeline.task.data import FileImages, ImageDataset, load_splits, make_dataset, make_synthetic, stratified_split
+from pipeline.task.manifest import class_folder_rows
 
 
 @pytest.fixture(scope="module")
@@ -83,36 +87,42 @@ def test_limit_caps_both_splits(data_root):
     np.testing.assert_array_equal(first.train_x, again.train_x)
 
 
+def _folder_cfg(*overrides: str):
+    return compose_cfg("data=folder", "data.cache=none", *overrides)
+
+
 def test_folder_without_test_root_holds_out_a_stratified_share(tmp_path):
     # Prepare
     _write_class_folders(tmp_path / "export", {"cancer": 10, "healthy": 20})
-    cfg = compose_cfg("data=folder", f"data.root={tmp_path / 'export'}", "data.test_fraction=0.2")
+    cfg = _folder_cfg(f"data.root={tmp_path / 'export'}", "data.test_fraction=0.2", "data.image_size=28")
 
     # Execute
     splits = load_splits(cfg.data, seed=0)
 
-    # Assert
+    # Assert: files, not pixels, until a dataset reads them
     assert splits.class_names == ["cancer", "healthy"]
-    assert splits.train_x.shape == (24, 1, 28, 28) and splits.train_x.dtype == np.uint8
+    assert isinstance(splits.train_x, FileImages)
+    assert splits.train_x.shape == (24, 1, 28, 28)
     assert splits.test_x.shape == (6, 1, 28, 28)
     np.testing.assert_array_equal(np.bincount(splits.test_y), [2, 4])
     np.testing.assert_array_equal(np.bincount(splits.train_y), [8, 16])
+    assert not set(splits.train_x.paths) & set(splits.test_x.paths)
 
 
 def test_folder_with_test_root_uses_it_whole(tmp_path):
     # Prepare
     _write_class_folders(tmp_path / "train", {"a": 6, "b": 4}, seed=1)
     _write_class_folders(tmp_path / "test", {"a": 3, "b": 2}, seed=2)
-    cfg = compose_cfg(
-        "data=folder", f"data.root={tmp_path / 'train'}", f"data.test_root={tmp_path / 'test'}", "data.image_size=16"
-    )
+    cfg = _folder_cfg(f"data.root={tmp_path / 'train'}", f"data.test_root={tmp_path / 'test'}", "data.image_size=16")
 
     # Execute
     splits = load_splits(cfg.data, seed=0)
+    x, _ = make_dataset(cfg.data, splits.test_x, splits.test_y)[0]
 
     # Assert
     assert splits.train_x.shape == (10, 1, 16, 16)
     assert splits.test_x.shape == (5, 1, 16, 16)
+    assert x.shape == (1, 16, 16)
     np.testing.assert_array_equal(splits.train_y, [0] * 6 + [1] * 4)
     np.testing.assert_array_equal(splits.test_y, [0, 0, 0, 1, 1])
 
@@ -121,7 +131,7 @@ def test_folder_test_root_with_other_classes_is_refused(tmp_path):
     # Prepare
     _write_class_folders(tmp_path / "train", {"a": 3, "b": 3})
     _write_class_folders(tmp_path / "test", {"a": 2, "c": 2})
-    cfg = compose_cfg("data=folder", f"data.root={tmp_path / 'train'}", f"data.test_root={tmp_path / 'test'}")
+    cfg = _folder_cfg(f"data.root={tmp_path / 'train'}", f"data.test_root={tmp_path / 'test'}")
 
     # Execute / Assert
     with pytest.raises(DataError, match="differ"):
@@ -129,25 +139,26 @@ def test_folder_test_root_with_other_classes_is_refused(tmp_path):
 
 
 def test_folder_reads_pixels_unchanged_at_native_size(tmp_path):
-    # Prepare
+    # Prepare: a fixed window [0, 255] maps the stored values straight to [0, 1]
     img = np.arange(64, dtype=np.uint8).reshape(8, 8) * 3
     for name in ("x", "y"):
         (tmp_path / name).mkdir()
         Image.fromarray(img, mode="L").save(tmp_path / name / "one.png")
+    cfg = _folder_cfg(f"data.root={tmp_path}", "data.image_size=8", "data.intensity=[0,255]", "data.test_fraction=0.5")
 
     # Execute
-    x, y, classes = _read_class_folders(tmp_path, size=8, channels=1)
+    splits = load_splits(cfg.data, seed=0)
+    x, y = make_dataset(cfg.data, splits.train_x, splits.train_y)[0]
 
-    # Assert
-    assert classes == ["x", "y"]
-    np.testing.assert_array_equal(y, [0, 1])
-    np.testing.assert_array_equal(x[0, 0], img)
+    # Assert: rows stay rows (numpy order), values unchanged up to (v / 255 - mean) / std
+    np.testing.assert_allclose(x[0].numpy(), (img / 255.0 - 0.5) / 0.5, atol=1e-6)
+    assert int(y) in (0, 1)
 
 
 def test_folder_with_one_class_names_the_folder(tmp_path):
     # Prepare
     _write_class_folders(tmp_path / "export", {"only": 4})
-    cfg = compose_cfg("data=folder", f"data.root={tmp_path / 'export'}")
+    cfg = _folder_cfg(f"data.root={tmp_path / 'export'}")
 
     # Execute
     with pytest.raises(DataError) as err:
@@ -160,7 +171,7 @@ def test_folder_with_one_class_names_the_folder(tmp_path):
 def test_missing_folder_names_the_folder(tmp_path):
     # Execute
     with pytest.raises(DataError) as err:
-        _read_class_folders(tmp_path / "absent", size=28, channels=1)
+        class_folder_rows(tmp_path / "absent")
 
     # Assert
     assert str(tmp_path / "absent") in str(err.value)
@@ -174,7 +185,7 @@ def test_class_folder_without_images_names_it(tmp_path):
 
     # Execute
     with pytest.raises(DataError) as err:
-        _read_class_folders(tmp_path, size=28, channels=1)
+        class_folder_rows(tmp_path)
 
     # Assert
     assert str(tmp_path / "b") in str(err.value)
@@ -183,17 +194,38 @@ def test_class_folder_without_images_names_it(tmp_path):
 def test_rgb_folder_gives_three_channels(tmp_path):
     # Prepare
     _write_class_folders(tmp_path / "export", {"a": 5, "b": 5}, mode="RGB")
-    cfg = compose_cfg("data=folder", f"data.root={tmp_path / 'export'}", "data.channels=3", "data.image_size=20")
+    cfg = _folder_cfg(f"data.root={tmp_path / 'export'}", "data.channels=3", "data.image_size=20")
 
     # Execute
     splits = load_splits(cfg.data, seed=0)
+    x, _ = make_dataset(cfg.data, splits.train_x, splits.train_y)[0]
 
     # Assert
     assert splits.channels == 3
     assert splits.train_x.shape[1:] == (3, 20, 20)
     assert len(splits.train_y) + len(splits.test_y) == 10
     # random RGB pixels: the three channels differ (not a greyscale copy)
-    assert not np.array_equal(splits.train_x[:, 0], splits.train_x[:, 1])
+    assert x.shape == (3, 20, 20) and not torch.equal(x[0], x[1])
+
+
+def test_rgb_images_read_as_greyscale_are_their_luma(tmp_path):
+    # Prepare: one colour, so that min-max scaling cannot hide the mix of channels
+    pixels = np.zeros((6, 6, 3), np.uint8)
+    pixels[:3] = (200, 40, 10)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(pixels, mode="RGB").save(tmp_path / name / "c.png")
+    cfg = _folder_cfg(f"data.root={tmp_path}", "data.image_size=6", "data.intensity=[0,255]", "data.test_fraction=0.5")
+
+    # Execute
+    splits = load_splits(cfg.data, seed=0)
+    x, _ = make_dataset(cfg.data, splits.train_x, splits.train_y)[0]
+
+    # Assert: BT.601 luma, as PIL's convert("L")
+    luma = 0.299 * 200 + 0.587 * 40 + 0.114 * 10
+    assert x.shape == (1, 6, 6)
+    assert float(x[0, 0, 0]) == pytest.approx((luma / 255 - 0.5) / 0.5, abs=1e-5)
+    assert float(x[0, 5, 0]) == pytest.approx(-1.0)
 
 
 def test_synthetic_is_deterministic_per_seed():

@@ -130,7 +130,7 @@ def test_exponential_partitioner_gives_strong_quantity_skew():
 def test_more_hospitals_than_images_is_refused():
     # Prepare
     labels = _labels(10)
-    cfg = compose_cfg("data=synthetic", "federation.num_hospitals=20", "federation.min_hospitals=2")
+    cfg = compose_cfg("data=synthetic", "federation.num_hospitals=20", "encryption=none")
 
     # Execute
     with pytest.raises(ConfigError) as err:

@@ -1,7 +1,7 @@
-"""The numbers of one run: test metrics, epsilon, rounds, time, bytes and encryption overhead from
-``summary.json`` and ``metrics.csv``, the DP mechanism from ``privacy.json`` (noise multiplier,
-randomness source, lifetime epsilon), and the attack scores from ``attack/report.json`` when the
-run was attacked (``scripts/attack.py``)."""
+"""The numbers of one run: test metrics (each finding's AUC for multi-label runs), epsilon, rounds,
+time, bytes and encryption overhead from ``summary.json`` and ``metrics.csv``, the DP mechanism
+from ``privacy.json`` (noise multiplier, randomness source, lifetime epsilon), and the attack
+scores from ``attack/report.json`` when the run was attacked (``scripts/attack.py``)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ METRIC_COLUMNS = [
     "test_auc",
     "test_accuracy",
     "test_mcc",
+    "test_auc_per_label",
     "epsilon",
     "noise_multiplier",
     "randomness",
@@ -47,7 +48,14 @@ def max_epsilon(summary: dict[str, Any]) -> float | None:
     return max(values) if values else None
 
 
-def run_metrics(run: Run) -> dict[str, float | int | None]:
+def per_label_auc(test: dict[str, Any]) -> str | None:
+    """A multi-label run's test AUC of every finding, as ``name auc`` pairs; None for single-label runs."""
+    per_label = test.get("per_label") or {}
+    shown = [f"{name} {m['auc']:.4f}" if m.get("auc") is not None else f"{name} -" for name, m in per_label.items()]
+    return ", ".join(shown) or None
+
+
+def run_metrics(run: Run) -> dict[str, float | int | str | None]:
     """The metric columns of one run (see :data:`METRIC_COLUMNS`)."""
     test = run.summary.get("test") or {}
     rows = run.rows
@@ -67,6 +75,7 @@ def run_metrics(run: Run) -> dict[str, float | int | None]:
         "test_auc": test.get("auc"),
         "test_accuracy": test.get("accuracy"),
         "test_mcc": test.get("mcc"),
+        "test_auc_per_label": per_label_auc(test),
         "epsilon": max_epsilon(run.summary),
         **dp,
         "rounds": int(rounds) if rounds is not None else (len(rows) or None),
