@@ -19,7 +19,7 @@ def test_thirty_hospitals_with_dp_and_encryption_complete_a_round(tmp_path):
         sys.executable, "-m", "pipeline.run", f"run_dir={run_dir}", f"federation.hospital_dir={tmp_path / 'h'}",
         "data=synthetic", "data.num_samples=1200", "federation.num_hospitals=30", "federation.min_hospitals=30",
         "federation.rounds=1", "train.local_epochs=1", "train.batch_size=16",
-        "encryption.fields_per_slot=4", "encryption.field_bits=11", "encryption.global_scale_bits=15",
+        "encryption.fields_per_slot=4", "encryption.field_bits=10", "encryption.global_scale_bits=14",
     ]  # fmt: skip
 
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
