@@ -23,7 +23,7 @@ ALLOWED_TARGETS = (
     "strategies.",
     "torch.optim.",
     "monai.networks.nets.",
-    "monai.transforms.",
+    "monai.transforms.Rand",  # augmentation is random transforms only; others (SaveImage...) could write files
     "flwr_datasets.partitioner.",
 )
 

@@ -130,11 +130,11 @@ class CkksCodec:
         """
         if aggregate.chunks is None:
             raise ValueError("expected ciphertexts, got a plaintext aggregate (encryption settings differ)")
+        if size is None:
+            raise ValueError("decoding an encrypted aggregate needs the update size")
         fields, field_bits = self._fields()
         check = round_check() if check is None else check
         slots = self.decrypt(aggregate.chunks)
-        if size is None:
-            raise ValueError("decoding an encrypted aggregate needs the update size")
         n = int(size)
         shape = layout(n, self.enc)
         if len(slots) < shape.total_slots:

@@ -33,6 +33,8 @@ def test_shipped_configs_as_a_run_sends_them_are_trusted(overrides):
         ),
         ("data", {"augment": [{"_target_": "subprocess.run", "args": ["true"]}]}, "data.augment[0]._target_"),
         ("model", {"name": "${oc.env:HOME}"}, "model.name='${oc.env:HOME}' is an interpolation"),
+        # a MONAI transform that is not a random augmentation could write the hospital's images
+        ("data", {"augment": [{"_target_": "monai.transforms.SaveImage"}]}, "data.augment[0]._target_"),
     ],
 )
 def test_a_hospital_refuses_code_outside_its_allow_list_and_interpolations(key, value, named):
