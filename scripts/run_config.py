@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import compose
+from pipeline.config.suggest import exit_on_unknown_override
 from pipeline.engines.run_config import run_config_toml
 from pipeline.errors import ConfigError
 from pipeline.outputs.atomic import write_atomic
@@ -27,6 +28,7 @@ def main() -> int:
     p.add_argument("--public-context", default=None, help="server_public.ctx on the SuperLink's machine")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m pipeline.run")
     a = p.parse_args()
+    exit_on_unknown_override(a.overrides)
     try:
         cfg = compose(*a.overrides)
         if not cfg.get("study_id"):

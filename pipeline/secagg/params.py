@@ -121,19 +121,58 @@ def num_chunks(num_values: int, enc: Any) -> int:
     return -(-layout(num_values, enc).total_slots // slots_per_chunk(enc))
 
 
-def fitting_packings(enc: Any, num_hospitals: int, min_value_bits: int = 4) -> list[tuple[int, int]]:
+def packing_fits(fields: int, bits: int, scale_bits: int, first_bits: int, num_hospitals: int) -> bool:
+    """Whether ``fields`` x ``bits``-bit fields sum exactly over ``num_hospitals`` at ``2^scale_bits``.
+
+    Each masked slot is uniform below 2^slot_bits; their sum needs headroom bits on top, and times
+    the scale it must stay below half the first modulus (a fresh ciphertext lives modulo the first
+    prime; the last one is the special prime) and exact in float64.
+    """
+    need = fields * bits + headroom_bits(num_hospitals)
+    return need + scale_bits <= first_bits - 1 and need <= FLOAT_EXACT_BITS
+
+
+def fitting_packings(
+    enc: Any, num_hospitals: int, min_value_bits: int = 4, scale_bits: int | None = None
+) -> list[tuple[int, int]]:
     """(fields_per_slot, field_bits) pairs that fit the first modulus for ``num_hospitals``, best first.
 
-    Best: most values per slot (fewest bytes per parameter), then most bits per value.
+    Best: most values per slot (fewest bytes per parameter), then most bits per value. The scale
+    is ``enc.global_scale_bits`` unless ``scale_bits`` is given.
     """
     first = int(enc.coeff_mod_bit_sizes[0])
-    room = min(first - 1 - int(enc.global_scale_bits), FLOAT_EXACT_BITS) - headroom_bits(num_hospitals)
+    scale = int(enc.global_scale_bits) if scale_bits is None else scale_bits
+    least = min_value_bits + headroom_bits(num_hospitals)
     options = []
     for fields in range(8, 0, -1):
-        bits = room // fields
-        if bits - headroom_bits(num_hospitals) >= min_value_bits:
-            options.append((fields, bits))
-    return sorted(options, key=lambda fb: (-fb[0], -(fb[1])))
+        widest = [
+            b for b in range(FLOAT_EXACT_BITS, least - 1, -1) if packing_fits(fields, b, scale, first, num_hospitals)
+        ]
+        options += [(fields, widest[0])] if widest else []
+    return options
+
+
+def fitting_settings(enc: Any, num_hospitals: int) -> str:
+    """The overrides to copy that let ``enc`` sum ``num_hospitals`` updates exactly, as ``use ...``.
+
+    The best packing at the current global scale, else at the largest smaller scale that has one,
+    else the most hospitals any packing of this first modulus can sum.
+    """
+    current = max(int(enc.global_scale_bits), CKKS_MIN_SCALE_BITS)
+    for scale in range(current, CKKS_MIN_SCALE_BITS - 1, -1):
+        options = fitting_packings(enc, num_hospitals, scale_bits=scale)
+        if options:
+            fields, bits = options[0]
+            rescale = f" encryption.global_scale_bits={scale}" if scale != int(enc.global_scale_bits) else ""
+            return f"use encryption.fields_per_slot={fields} encryption.field_bits={bits}{rescale}"
+    most = max(
+        (2**h for h in range(FLOAT_EXACT_BITS) if fitting_packings(enc, 2**h, scale_bits=CKKS_MIN_SCALE_BITS)),
+        default=0,
+    )
+    if not most:  # one field of 4-bit values: 4 + 2 x headroom bits, times the smallest scale, below the first prime
+        least = 4 + 2 * headroom_bits(num_hospitals) + CKKS_MIN_SCALE_BITS + 1
+        return f"use a first modulus of at least {least} bits (encryption.coeff_mod_bit_sizes[0])"
+    return f"use federation.num_hospitals={most} (the most these moduli can sum) with {fitting_settings(enc, most)[4:]}"
 
 
 def parameter_problems(enc: Any, num_hospitals: int) -> list[str]:
@@ -151,7 +190,7 @@ def parameter_problems(enc: Any, num_hospitals: int) -> list[str]:
     if sum(bits) > limit:
         problems.append(
             f"encryption.coeff_mod_bit_sizes={bits} total {sum(bits)} bits, above the 128-bit security "
-            f"limit of {limit} bits for poly_modulus_degree={degree}"
+            f"limit of {limit} bits for poly_modulus_degree={degree}; " + _secure_degree_hint(degree, bits)
         )
     if enc.global_scale_bits < CKKS_MIN_SCALE_BITS:
         problems.append(
@@ -163,18 +202,12 @@ def parameter_problems(enc: Any, num_hospitals: int) -> list[str]:
     if enc.fields_per_slot < 1:
         problems.append(f"encryption.fields_per_slot={enc.fields_per_slot} must be >= 1")
         return problems
-    # Each masked slot is uniform below 2^slot_bits; their sum needs headroom bits on top, and times
-    # the scale it must stay below half the first modulus (a fresh ciphertext lives modulo the first
-    # prime; the last one is the special prime) and exact in float64.
     need = slot_bits(enc) + headroom_bits(num_hospitals)
-    fits = need + int(enc.global_scale_bits) <= bits[0] - 1 and need <= FLOAT_EXACT_BITS
+    fits = packing_fits(
+        int(enc.fields_per_slot), int(enc.field_bits), int(enc.global_scale_bits), bits[0], num_hospitals
+    )
     if not fits or value_bits(enc, num_hospitals) < 4:
-        options = fitting_packings(enc, num_hospitals)
-        hint = (
-            f"use encryption.fields_per_slot={options[0][0]} encryption.field_bits={options[0][1]}"
-            if options
-            else "use fewer hospitals or a smaller encryption.global_scale_bits"
-        )
+        hint = fitting_settings(enc, num_hospitals)
         if not fits:
             problems.append(
                 f"encryption: {enc.fields_per_slot} x {enc.field_bits}-bit fields per slot, summed over "
@@ -188,3 +221,10 @@ def parameter_problems(enc: Any, num_hospitals: int) -> list[str]:
                 f"{num_hospitals} hospitals (need >= 4); " + hint
             )
     return problems
+
+
+def _secure_degree_hint(degree: int, bits: list[int]) -> str:
+    """What makes moduli ``bits`` secure: the smallest degree whose limit they fit, or this degree's limit."""
+    larger = [d for d in sorted(HE_STANDARD_MAX_BITS) if d > degree and HE_STANDARD_MAX_BITS[d] >= sum(bits)]
+    within = f"moduli totalling <= {HE_STANDARD_MAX_BITS[degree]} bits"
+    return f"use encryption.poly_modulus_degree={larger[0]} or {within}" if larger else f"use {within}"
