@@ -29,6 +29,7 @@ WEIGHT = "weight"
 EPSILON = "epsilon"
 OUT_OF_BUDGET = "out-of-budget"
 PROBLEM = "problem"
+DEVICE = "device"  # train reply: where the hospital trained (cpu, cuda, cuda:1, ...)
 REFUSED = "refused"  # evaluate/train reply: the hospital refused the aggregate it was sent
 MODEL_ROUND = "model-round"
 CHANNELS = "channels"
@@ -68,4 +69,6 @@ TRAIN_SECONDS = "train_seconds"
 ENCODE_SECONDS = "encode_seconds"
 CLIPPED_FRACTION = "clipped_fraction"
 DECODE_SECONDS = "decode_seconds"
-VAL_METRICS = ("val_loss", "val_auc", "val_accuracy", "val_mcc")
+# val_threshold: the hospital's Youden threshold on its validation data (binary single-label data only;
+# absent otherwise, so the example-weighted mean is over the hospitals that report one)
+VAL_METRICS = ("val_loss", "val_auc", "val_accuracy", "val_mcc", "val_threshold")

@@ -24,6 +24,7 @@ COLUMNS = [
     "val_auc",
     "val_accuracy",
     "val_mcc",
+    "val_threshold",
     "test_auc",
     "test_accuracy",
     "epsilon_max",

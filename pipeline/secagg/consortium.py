@@ -3,8 +3,10 @@
 After the last round, the consortium of hospitals (who share the secret key) replays the run's
 saved aggregates from the public initial weights with the run's server optimizer, exactly as
 every hospital applied them, which yields the final global model; it evaluates it on the
-held-out test split and writes it to the run folder. The server plays no part here and never
-sees a decrypted model; in a simulation this runs as its own process.
+held-out test split (with the clinical metrics of :mod:`pipeline.task.clinical` at the hospitals'
+validation threshold of the last completed round, from metrics.csv) and writes it, roc.png and
+calibration.png to the run folder. The server plays no part here and never sees a decrypted
+model; in a simulation this runs as its own process.
 
     python -m pipeline.secagg.consortium RUN_DIR --secret-context hospitals_secret.ctx
     (= python scripts/consortium.py ..., fedmed-consortium ...)
@@ -21,12 +23,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.outputs.recorder import CONFIG_FILE, MODEL_FILE, SUMMARY_FILE, write_json
+from pipeline.outputs.clinical_plots import write_clinical_plots
+from pipeline.outputs.recorder import CONFIG_FILE, METRICS_FILE, MODEL_FILE, SUMMARY_FILE, read_metrics, write_json
 from pipeline.secagg import aggregates
 from pipeline.secagg.codec import AggregateRefused, CkksCodec, PlainCodec
+from pipeline.task.clinical import final_model_report, resolve_threshold
 from pipeline.task.model import build_model, get_flat, save_model, set_flat
 from pipeline.task.sites import splits, test_dataset
-from pipeline.task.training import evaluate, resolve_device
+from pipeline.task.training import resolve_device
 
 
 def rebuild(cfg: DictConfig, aggs: list[aggregates.Aggregate], codec: PlainCodec | CkksCodec) -> torch.nn.Module:
@@ -55,15 +59,20 @@ def rebuild(cfg: DictConfig, aggs: list[aggregates.Aggregate], codec: PlainCodec
 
 
 def finalize(run_dir: str | Path, codec: PlainCodec | CkksCodec) -> dict:
-    """Rebuild, test and save the final model; add the test metrics to summary.json."""
+    """Rebuild, test and save the final model; add the test metrics to summary.json, write the ROC and
+    calibration plots."""
     run_dir = Path(run_dir)
     cfg = OmegaConf.load(run_dir / CONFIG_FILE)
     aggs = aggregates.load_all(run_dir)
     if not aggs:
         raise ValueError(f"{run_dir} holds no aggregates: the run finished no round")
     model = rebuild(cfg, aggs, codec)
-    metrics = evaluate(model, test_dataset(cfg), resolve_device(str(cfg.device)))
+    threshold = resolve_threshold(cfg.eval, read_metrics(run_dir / METRICS_FILE))
+    metrics, probs, labels = final_model_report(
+        model, test_dataset(cfg), resolve_device(str(cfg.device)), threshold, cfg
+    )
     save_model(model, run_dir / MODEL_FILE)
+    write_clinical_plots(run_dir, probs, labels, metrics)
     summary_path = run_dir / SUMMARY_FILE
     summary = json.loads(summary_path.read_text())
     summary["test"] = metrics

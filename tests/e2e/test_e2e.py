@@ -66,6 +66,15 @@ def test_the_reported_test_metrics_are_those_of_the_saved_model(private_run):
     assert summary["test"]["auc"] > 0.75
     initial = get_flat(build_model(cfg, 1, 2, 28))
     assert np.abs(get_flat(model) - initial).max() > 1e-3, "the final model is not the initial one"
+    # the clinical numbers: at the hospitals' validation threshold of the last round, over the whole test split
+    test, last = summary["test"], read_metrics(private_run / "metrics.csv")[-1]
+    low, high = test["auc_ci"]
+    assert low < test["auc"] < high
+    assert 0 < test["threshold"] < 1 and test["threshold"] == pytest.approx(last["val_threshold"], rel=1e-5)
+    assert "validation data" in test["threshold_source"] and "round 2" in test["threshold_source"]
+    assert sum(test["confusion"].values()) == len(sites.test_dataset(cfg)) == 624
+    assert all(0 <= test[k] <= 1 for k in ("sensitivity", "specificity", "ppv", "npv", "f1", "ece"))
+    assert (private_run / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_private_run_keeps_every_epsilon_within_target(private_run):

@@ -1,7 +1,10 @@
 """The numbers of one run: test metrics (each finding's AUC for multi-label runs), epsilon, rounds,
 time, bytes and encryption overhead from ``summary.json`` and ``metrics.csv``, the DP mechanism
 from ``privacy.json`` (noise multiplier, randomness source, lifetime epsilon), and the attack
-scores from ``attack/report.json`` when the run was attacked (``scripts/attack.py``)."""
+scores from ``attack/report.json`` when the run was attacked (``scripts/attack.py``).
+
+Beside the columns, :func:`run_metrics` gives ``test_auc_ci`` (the test AUC's bootstrap 95%
+interval, or None), which the report shows in the ``test_auc`` cell."""
 
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ def per_label_auc(test: dict[str, Any]) -> str | None:
 
 
 def run_metrics(run: Run) -> dict[str, float | int | str | None]:
-    """The metric columns of one run (see :data:`METRIC_COLUMNS`)."""
+    """The metric columns of one run (see :data:`METRIC_COLUMNS`) and ``test_auc_ci``."""
     test = run.summary.get("test") or {}
     rows = run.rows
     overhead = None
@@ -73,6 +76,7 @@ def run_metrics(run: Run) -> dict[str, float | int | str | None]:
     dp = privacy_metrics(run.path)
     return {
         "test_auc": test.get("auc"),
+        "test_auc_ci": tuple(test["auc_ci"]) if test.get("auc_ci") else None,
         "test_accuracy": test.get("accuracy"),
         "test_mcc": test.get("mcc"),
         "test_auc_per_label": per_label_auc(test),

@@ -39,6 +39,14 @@ def _format_metric(column: str, value: Any) -> str:
     return str(value)
 
 
+def _test_auc_cell(row: dict[str, Any]) -> str:
+    """The test AUC with its 95% interval when the run has one: ``0.930 [0.91, 0.95]``."""
+    ci = row.get("test_auc_ci")
+    if row.get("test_auc") is None or not ci:
+        return _format_metric("test_auc", row.get("test_auc"))
+    return f"{row['test_auc']:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
 def _csv_value(value: Any) -> Any:
     if value is None or value is ABSENT or value is INACTIVE:
         return ""
@@ -66,9 +74,8 @@ def runs_markdown(c: Comparison) -> str:
     """The table of runs (one row per run) as markdown."""
     rows = []
     for row in c.table():
-        rows.append(
-            [row["run"], *[show_value(row[k]) for k in c.keys], *[_format_metric(m, row[m]) for m in METRIC_COLUMNS]]
-        )
+        metrics = [_test_auc_cell(row) if m == "test_auc" else _format_metric(m, row[m]) for m in METRIC_COLUMNS]
+        rows.append([row["run"], *[show_value(row[k]) for k in c.keys], *metrics])
     return markdown_table(c.columns, rows)
 
 
@@ -113,6 +120,7 @@ def report_markdown(c: Comparison, sources: Sequence[str]) -> str:
         "",
         runs_markdown(c),
         "",
+        "- `test_auc`: with its 95% stratified bootstrap interval in brackets when the run has one.",
         "- `epsilon`: largest epsilon spent by any hospital (`-`: no DP).",
         "- `noise_multiplier`, `randomness`, `lifetime_epsilon`: from privacy.json: the largest noise multiplier, "
         "where the DP batches and noise came from (secure / unpredictable / reproducible: not private), and the "
