@@ -14,6 +14,7 @@ from torch import nn
 
 from models.builders import cnn
 from pipeline.analysis import attacks as A
+from pipeline.analysis.attacks.report import chance_auc_error
 from pipeline.config import compose
 from pipeline.privacy.plan import DPPlan
 
@@ -257,3 +258,69 @@ def test_cli_bad_run_folder_is_one_line_and_exit_2(small_run, tmp_path, capsys, 
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error:") and "Traceback" not in err[0]
     assert (missing if missing != "folder" else "not a folder") in err[0]
+
+
+def membership_result(auc: float, members: int = 624, advantage: float = 0.1) -> dict:
+    """A membership section of report.json with the given headline AUC (test-split non-members)."""
+    return {
+        "attack": "loss threshold",
+        "model": "the final model",
+        "member_set": "training images",
+        "non_member_set": "test split",
+        "members": members,
+        "non_members": members,
+        "auc": auc,
+        "advantage": advantage,
+        "tpr_at_1pct_fpr": 0.02,
+        "member_loss": 0.3,
+        "non_member_loss": 0.35,
+    }
+
+
+def report_text(mia: dict) -> str:
+    return A.report_markdown(
+        {"run_dir": "r", "run_private": False, "run_encrypted": False, "hospital": 0, "membership": mia}
+    )
+
+
+def test_chance_auc_error_is_hanley_mcneils_null_standard_error():
+    # 624 vs 624: sqrt(1249 / (12 * 624 * 624))
+    assert chance_auc_error(624, 624) == pytest.approx(0.016350, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("auc", "says", "never"),
+    [
+        (0.5, "within the sampling error of 0.5; the attacker cannot tell members from non-members", "better than"),
+        (0.52, "within the sampling error of 0.5", "better than chance"),
+        (
+            0.589,
+            "0.089 above chance (5.4 standard errors); the attacker tells members from non-members better",
+            "cannot",
+        ),
+        (0.9, "0.400 above chance (24.5 standard errors)", "cannot tell"),
+        (0.4, "0.100 below chance", "cannot tell"),
+    ],
+)
+def test_membership_text_follows_the_measured_auc(auc, says, never):
+    text = report_text(membership_result(auc))
+
+    assert says in text and never not in text
+    assert "AUC 0.5: the attacker cannot tell" not in text  # the old fixed sentence
+    assert f"AUC {auc:.3f} against 0.5 for guessing (sampling error ±0.033 at 624 vs 624)" in text
+
+
+def test_membership_text_on_few_samples_allows_a_wider_error():
+    text = report_text(membership_result(0.589, members=50))
+
+    assert "within the sampling error of 0.5" in text and "±0.116 at 50 vs 50" in text
+
+
+def test_membership_text_names_the_advantage_and_explains_only_the_rows_present():
+    mia = membership_result(0.7, advantage=0.25)
+    alone = report_text(mia)
+    both = report_text({**mia, "same_distribution": {**membership_result(0.5), "non_member_set": "held-out train"}})
+
+    assert "flags 25% more of the members than of the non-members" in alone
+    assert "the second uses non-members" not in alone and "the second uses non-members" in both
+    assert "- held-out train: AUC 0.500" in both and "- test split: AUC 0.700" in both

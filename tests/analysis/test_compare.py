@@ -145,12 +145,12 @@ def test_real_runs_data_fingerprints_match(real_runs):
 
 
 @e2e
-def test_run_folder_without_summary_stops_with_one_line(real_runs, tmp_path):
+def test_run_folder_without_summary_stops_with_one_line_under_strict(real_runs, tmp_path):
     parent = tmp_path / "sweep"
     shutil.copytree(real_runs, parent)
     (parent / "plain" / "summary.json").unlink()
 
-    done = run_compare(str(parent), "--out", str(tmp_path / "out"))
+    done = run_compare(str(parent), "--out", str(tmp_path / "out"), "--strict")
 
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
@@ -365,11 +365,11 @@ def test_short_names_tell_runs_apart_and_drop_shared_hydra_overrides(tmp_path):
     assert compare.short_names(jobs) == ["0_privacy=eps1", "1_privacy=eps3", "2_privacy=none"]
 
 
-def test_run_folder_without_config_stops_with_exit_code_2(tmp_path, capsys):
+def test_run_folder_without_config_stops_with_exit_code_2_under_strict(tmp_path, capsys):
     run = make_run(tmp_path / "runs" / "a", config())
     (run / "config.yaml").unlink()
 
-    assert compare.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 2
+    assert compare.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--strict"]) == 2
 
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [f"error: {run}: run folder without config.yaml"]
@@ -385,7 +385,7 @@ def test_unreadable_summary_and_missing_path_stop_with_exit_code_2(tmp_path, cap
     assert "no such folder" in capsys.readouterr().err
 
 
-def test_skip_incomplete_reports_and_compares_the_rest(tmp_path, capsys):
+def test_skip_incomplete_is_still_accepted_and_is_the_default(tmp_path, capsys):
     make_run(tmp_path / "runs" / "a", config())
     make_run(tmp_path / "runs" / "b", config(**{"privacy.epsilon": 3.0}))
     broken = tmp_path / "runs" / "c"
@@ -396,7 +396,55 @@ def test_skip_incomplete_reports_and_compares_the_rest(tmp_path, capsys):
 
     _, rows = read_csv(tmp_path / "out" / "comparison.csv")
     assert [r["run"] for r in rows] == ["a", "b"]
-    assert f"skipped {broken}: run folder without summary.json" in capsys.readouterr().err
+    assert f"{broken} (no summary.json)" in capsys.readouterr().err
+    assert compare.main([str(tmp_path / "runs"), "--strict", "--skip-incomplete"]) == 2
+    assert "contradict" in capsys.readouterr().err
+
+
+def test_failed_runs_are_skipped_with_one_warning_line_naming_them(tmp_path, capsys):
+    make_run(tmp_path / "runs" / "a", config())
+    make_run(tmp_path / "runs" / "b", config(**{"privacy.epsilon": 3.0}))
+    failed = []
+    for name in ("c", "d"):  # failed jobs of a sweep: config.yaml (and run.log), no summary.json
+        failed.append(tmp_path / "runs" / name)
+        failed[-1].mkdir()
+        (failed[-1] / "config.yaml").write_text(yaml.safe_dump(config()))
+
+    assert compare.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+
+    _, rows = read_csv(tmp_path / "out" / "comparison.csv")
+    assert [r["run"] for r in rows] == ["a", "b"]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "skipped" in line]
+    assert warnings == [
+        "warning: skipped 2 incomplete run folders (failed or unfinished runs; --strict stops instead): "
+        f"{failed[0]} (no summary.json), {failed[1]} (no summary.json)"
+    ]
+    assert warnings[0].removeprefix("warning: ") in (tmp_path / "out" / "comparison.md").read_text()
+
+
+def test_strict_stops_at_a_failed_run_with_exit_code_2(tmp_path, capsys):
+    make_run(tmp_path / "runs" / "a", config())
+    failed = tmp_path / "runs" / "b"
+    failed.mkdir()
+    (failed / "config.yaml").write_text(yaml.safe_dump(config()))
+
+    assert compare.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--strict"]) == 2
+
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {failed}: run folder without summary.json (the run did not finish?)"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_only_failed_runs_is_an_error_naming_them(tmp_path, capsys):
+    failed = tmp_path / "runs" / "a"
+    failed.mkdir(parents=True)
+    (failed / "config.yaml").write_text(yaml.safe_dump(config()))
+
+    assert compare.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 2
+
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no complete runs found" in err[0] and f"{failed} (no summary.json)" in err[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,3 +531,86 @@ def test_sweep_experiments_define_their_jobs(experiment, key, jobs):
             assert value == "none" or cfg.privacy.epsilon == float(value.removeprefix("eps"))
         else:
             assert cfg.federation.mode == value
+
+
+# ---------------------------------------------------------------------------------------------
+# what the plots show (read from the figures)
+
+
+def hand_made_comparison(tmp_path: Path, *runs: tuple[str, dict, dict]) -> compare.Comparison:
+    for name, cfg, kw in runs:
+        make_run(tmp_path / "runs" / name, cfg, **kw)
+    return compare.compare(*compare.load_runs([tmp_path / "runs"]))
+
+
+def whole_ticks(ax) -> list[float]:
+    low, high = ax.get_xlim()
+    return [float(t) for t in ax.get_xticks() if low <= t <= high]
+
+
+def test_val_auc_plot_has_whole_round_ticks_a_fixed_auc_axis_and_setting_labels(tmp_path):
+    from pipeline.analysis.compare.plots import val_auc_figure
+
+    c = hand_made_comparison(tmp_path, ("a", config(), {}), ("b", config(**{"privacy.epsilon": 3.0}), {}))
+    for run in c.runs:
+        run.rows = run.rows[:1]  # one round: matplotlib's default ticks are 0.96, 0.98, 1.0, ...
+    fig = val_auc_figure(c)
+    ax = fig.axes[0]
+
+    assert whole_ticks(ax) == [1.0]
+    assert ax.get_ylim() == (0.5, 1.0)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["privacy.epsilon=8.0", "privacy.epsilon=3.0"]
+    matplotlib.pyplot.close(fig)
+
+
+def test_cost_plot_labels_bars_by_setting_and_shows_only_the_kinds_present(tmp_path):
+    from pipeline.analysis.compare.plots import cost_figure
+
+    c = hand_made_comparison(tmp_path, ("a", config(), {}), ("b", config(**{"privacy.epsilon": 3.0}), {}))
+    fig = cost_figure(c)
+    seconds, traffic = fig.axes
+
+    for ax in (seconds, traffic):
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["privacy.epsilon=8.0", "privacy.epsilon=3.0"]
+    legend = [t.get_text() for t in seconds.get_legend().get_texts()]
+    assert legend == ["encrypted (CKKS)", "aggregate + encode + decode (% of round)"]  # no "plaintext": none is
+    hatched = [p for p in seconds.patches if p.get_hatch()]
+    # metrics.csv: seconds 2 and 4, aggregate + encode 0.3 and 0.5: 0.4 of a 3-second round
+    assert [p.get_height() for p in hatched] == pytest.approx([0.4, 0.4])
+    assert [t.get_text() for t in seconds.texts] == ["13.3%", "13.3%"]
+    assert traffic.get_ylabel() == "KiB per hospital per round"
+    matplotlib.pyplot.close(fig)
+
+
+def test_cost_plot_of_mixed_runs_names_both_kinds_and_falls_back_to_run_names(tmp_path):
+    from pipeline.analysis.compare.plots import cost_figure
+
+    c = hand_made_comparison(
+        tmp_path,
+        ("ckks", config(), {}),
+        ("plain", config(**{"encryption.enabled": False}), {"encrypted": False}),
+        ("plain2", config(**{"encryption.enabled": False}), {"encrypted": False}),
+    )
+    fig = cost_figure(c)
+    seconds = fig.axes[0]
+
+    assert [t.get_text() for t in seconds.get_xticklabels()] == ["encryption.enabled=true", "plain", "plain2"]
+    assert [t.get_text() for t in seconds.get_legend().get_texts()][:2] == ["plaintext", "encrypted (CKKS)"]
+    matplotlib.pyplot.close(fig)
+
+
+def test_privacy_utility_ticks_only_the_epsilons_drawn(tmp_path):
+    from pipeline.analysis.compare.plots import privacy_utility_figure
+
+    c = hand_made_comparison(
+        tmp_path,
+        ("dp", config(), {}),
+        ("plain", config(**{"privacy.enabled": False}), {"eps": None, "auc": 0.9}),
+    )
+    fig = privacy_utility_figure(c)
+    ax = fig.axes[0]
+
+    assert list(ax.get_xticks()) == [7.5]  # not the no-DP reference line's axes-relative x of 1
+    assert ax.get_ylim() == (0.5, 1.0)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["no DP", "DP-SGD"]
+    matplotlib.pyplot.close(fig)

@@ -24,6 +24,41 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+def chance_auc_error(members: int, non_members: int) -> float:
+    """The standard error of the ROC-AUC of an attacker at chance level (AUC 0.5) on ``members``
+    vs ``non_members`` (Hanley & McNeil 1982 under the null: sqrt((n1 + n0 + 1) / (12 n1 n0)))."""
+    return math.sqrt((members + non_members + 1) / (12 * members * non_members))
+
+
+def membership_verdict(m: dict[str, Any]) -> str:
+    """What a membership result's AUC says: within twice the sampling error of 0.5 (cannot tell
+    members apart), clearly above (by how much), or clearly below (members look less member-like)."""
+    auc, n1, n0 = m.get("auc"), m.get("members") or 0, m.get("non_members") or 0
+    if auc is None or not math.isfinite(auc) or not n1 or not n0:
+        return "no AUC was measured."
+    se = chance_auc_error(n1, n0)
+    z = (auc - 0.5) / se
+    where = f"AUC {auc:.3f} against 0.5 for guessing (sampling error ±{2 * se:.3f} at {n1} vs {n0})"
+    if abs(z) < 2:
+        return f"{where}: within the sampling error of 0.5; the attacker cannot tell members from non-members."
+    if z > 0:
+        adv = m.get("advantage")
+        return (
+            f"{where}: {auc - 0.5:.3f} above chance ({z:.1f} standard errors); the attacker tells members from "
+            f"non-members better than chance: it ranks a random member above a random non-member {auc:.0%} of "
+            "the time instead of 50%"
+            + (
+                f", and its best loss threshold flags {adv:.0%} more of the members than of the non-members."
+                if adv
+                else "."
+            )
+        )
+    return (
+        f"{where}: {0.5 - auc:.3f} below chance ({-z:.1f} standard errors); members have the higher losses, so "
+        "the loss does not single them out (no sign of memorisation; the two sets differ in another way)."
+    )
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown."""
     eps = report.get("run_epsilon")
@@ -96,12 +131,18 @@ def report_markdown(report: dict[str, Any]) -> str:
                     f"{_fmt(m['advantage'])} | {_fmt(m['tpr_at_1pct_fpr'])} | {_fmt(m['member_loss'], 4)} | "
                     f"{_fmt(m['non_member_loss'], 4)} |"
                 )
+        parts.append("")
+        parts += [f"- {m['non_member_set']}: {membership_verdict(m)}" for m in (mia, mia.get("same_distribution")) if m]
         parts += [
             "",
-            "AUC 0.5: the attacker cannot tell members from non-members. The first row is the headline "
-            "(`membership.auc`); the second uses non-members drawn from the same split as the members, so that a "
-            "train/test distribution shift cannot inflate the AUC. Compare the reports of runs with and without DP "
-            "for the trend.",
+            "The first row is the headline (`membership.auc`)"
+            + (
+                "; the second uses non-members drawn from the same split as the members, so that a train/test "
+                "distribution shift cannot inflate the AUC"
+                if mia.get("same_distribution")
+                else ""
+            )
+            + ". Compare the reports of runs with and without DP for the trend.",
         ]
     parts.append("")
     return "\n".join(parts)
@@ -142,12 +183,17 @@ def save_grid(images: dict[str, torch.Tensor], report: dict[str, Any], path: Pat
     for c in range(cols):
         axes[-1][c].axis("off")
     enc = inv["encrypted"]
+    error = enc["server_decrypt_error"]
+    outcome = (
+        f"decrypting fails ({error.split(':')[0]}):\nno gradient, nothing to invert (no reconstruction)"
+        if error
+        else "decrypting did NOT fail: check the key handling"
+    )
     fig.text(
         0.02,
         0.5 / (len(rows) + 1),
         f"CKKS encrypted: the server gets {enc['chunks']} ciphertext chunks ({enc['payload_bytes']} bytes)\n"
-        f"and no key; decrypting fails ({(enc['server_decrypt_error'] or 'no error?').split(':')[0]}):\n"
-        "no gradient, nothing to invert (no reconstruction)",
+        f"and {'the secret key' if enc.get('server_has_secret_key') else 'no key'}; {outcome}",
         fontsize=7,
         va="center",
     )

@@ -16,8 +16,10 @@
 
 Warnings (console and markdown) say when runs differ in their data (``data.*`` keys or the data
 fingerprint in ``summary.json``'s ``provenance``), in seed, in code / library versions, or when a
-run stopped early. A path without runs, or a run folder lacking ``summary.json`` or
-``config.yaml``, stops the comparison with one line naming the folder and exit code 2.
+run stopped early. Run folders lacking ``summary.json`` or ``config.yaml`` (a sweep's failed jobs)
+are left out with one warning line naming them (``--strict``: they stop the comparison instead). A
+path without runs, an unreadable file, or (``--strict``) an incomplete run folder stops the comparison
+with one line naming the folder and exit code 2.
 
 The package owns reading run folders back and reporting on them; it only reads the files a run
 left (config.yaml, summary.json, metrics.csv, attack/report.json) and must not import the engines

@@ -24,9 +24,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", default="comparison", help="report folder (default: ./comparison)")
     parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop (exit code 2) at a run folder without summary.json/config.yaml instead of skipping it "
+        "with a warning (the default: a sweep's failed jobs are left out)",
+    )
+    parser.add_argument(
         "--skip-incomplete",
         action="store_true",
-        help="skip run folders without summary.json/config.yaml (failed sweep jobs) instead of stopping",
+        help="the default now (kept for older scripts): skip incomplete run folders with a warning",
     )
     return parser.parse_args(argv)
 
@@ -35,7 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; returns the exit code (0 ok, 2 bad input, 1 report not written)."""
     args = parse_args(argv)
     try:
-        runs, notes = load_runs(args.paths, skip_incomplete=args.skip_incomplete)
+        if args.strict and args.skip_incomplete:
+            raise CompareError("--strict and --skip-incomplete contradict each other; give one")
+        runs, notes = load_runs(args.paths, strict=args.strict)
         comparison = compare(runs, notes)
     except CompareError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """The report's plots: validation AUC per round (``val_auc.png``), test AUC against epsilon
 (``privacy_utility.png``) and seconds / bytes per round (``cost.png``). matplotlib is imported
-only when a plot is drawn (Agg backend)."""
+only when a plot is drawn (Agg backend). Each ``plot_*`` saves the figure its ``*_figure`` draws
+(tests read the figures' axes)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pipeline.analysis.compare.differences import setting_label
 from pipeline.analysis.compare.metrics import is_encrypted, is_private, mean_present
 from pipeline.analysis.compare.runs import Run
 from pipeline.analysis.compare.values import canon
+from pipeline.outputs.plots import auc_limits, bytes_unit, integer_rounds
 
 
 def _pyplot() -> Any:
@@ -24,8 +26,16 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_val_auc(c: Comparison, path: Path) -> Path:
-    """Validation AUC per round, one line per run."""
+def _save(fig: Any, path: Path) -> Path:
+    plt = _pyplot()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def val_auc_figure(c: Comparison) -> Any:
+    """Validation AUC per round, one line per run (labelled by its differing config values);
+    integer round ticks, AUC from 0.5 to 1."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, run in enumerate(c.runs):
@@ -34,9 +44,8 @@ def plot_val_auc(c: Comparison, path: Path) -> Path:
         ]
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", label=c.label(i))
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    integer_rounds(ax)
+    auc_limits(ax, [y for line in ax.lines for y in line.get_ydata()])
     ax.set_xlabel("round")
     ax.set_ylabel("validation ROC-AUC")
     ax.set_title("Validation AUC per round")
@@ -46,14 +55,17 @@ def plot_val_auc(c: Comparison, path: Path) -> Path:
     else:
         ax.text(0.5, 0.5, "no per-round metrics (metrics.csv)", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def plot_privacy_utility(c: Comparison, path: Path) -> Path:
+def plot_val_auc(c: Comparison, path: Path) -> Path:
+    """Save :func:`val_auc_figure` into ``path``."""
+    return _save(val_auc_figure(c), path)
+
+
+def privacy_utility_figure(c: Comparison) -> Any:
     """Test AUC against epsilon spent for DP runs (one line per setting of the other differing keys,
-    mean ± std over seeds); runs without DP as horizontal reference lines; log x-axis."""
+    mean ± std over seeds); runs without DP as horizontal reference lines; log x-axis, AUC from 0.5 to 1."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     other = [k for k in c.keys if not k.startswith("privacy.") and k != "seed"]
@@ -72,6 +84,7 @@ def plot_privacy_utility(c: Comparison, path: Path) -> Path:
         elif not is_private(run):
             references.setdefault(setting(run), []).append(m["test_auc"])
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    spent: list[float] = []  # the epsilons drawn: the x ticks (not the reference lines' axes-relative x)
     for n, (label, by_target) in enumerate(series.items()):
         pts = sorted(
             (
@@ -82,7 +95,16 @@ def plot_privacy_utility(c: Comparison, path: Path) -> Path:
             for v in by_target.values()
         )
         xs, ys, errs = zip(*pts, strict=True)
-        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, color=colors[n % len(colors)], label=label or "DP-SGD")
+        spent.extend(xs)
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=errs,
+            marker="o",
+            capsize=3,
+            color=colors[n % len(colors)],
+            label=f"DP-SGD{': ' + label if label else ''}",
+        )
     for n, (label, aucs) in enumerate(references.items()):
         ax.axhline(
             statistics.fmean(aucs),
@@ -94,13 +116,14 @@ def plot_privacy_utility(c: Comparison, path: Path) -> Path:
     if series:
         from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullLocator
 
-        ticks = sorted({round(x, 2) for line in ax.lines for x in line.get_xdata() if x > 0})
+        ticks = sorted({round(x, 2) for x in spent if x > 0})
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.xaxis.set_minor_locator(NullLocator())
     else:
         ax.set_xlim(0.5, 20)
         ax.text(0.5, 0.5, "no DP runs with test AUC", ha="center", va="center", transform=ax.transAxes)
+    auc_limits(ax, [m["test_auc"] for m in c.metrics if m["test_auc"] is not None])
     ax.set_xlabel("epsilon spent (max over hospitals, log scale)")
     ax.set_ylabel("test ROC-AUC")
     ax.set_title("Privacy-utility trade-off")
@@ -108,56 +131,81 @@ def plot_privacy_utility(c: Comparison, path: Path) -> Path:
     if series or references:
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def plot_cost(c: Comparison, path: Path) -> Path:
-    """Seconds per round (encryption share hatched) and bytes per round per hospital, one bar per
-    run, coloured plaintext vs encrypted."""
+def plot_privacy_utility(c: Comparison, path: Path) -> Path:
+    """Save :func:`privacy_utility_figure` into ``path``."""
+    return _save(privacy_utility_figure(c), path)
+
+
+def bar_labels(c: Comparison) -> list[str]:
+    """The cost bars' labels: each run's differing config values, one per line (its name where
+    they do not tell it apart, as in :meth:`Comparison.label`)."""
+    labels = [c.label(i) for i in range(len(c.runs))]
+    return [
+        "\n".join(part for k in c.keys if (part := setting_label(run, [k]))) if label != run.name else label
+        for run, label in zip(c.runs, labels, strict=True)
+    ]
+
+
+def cost_figure(c: Comparison) -> Any:
+    """Seconds per round (the aggregate + encode + decode share as a hatched lower segment, its
+    percentage above the bar) and bytes per round per hospital, one bar per run labelled by
+    :func:`bar_labels`, coloured plaintext vs encrypted (legend entries only for what is shown)."""
     plt = _pyplot()
-    fig, (ax_t, ax_b) = plt.subplots(1, 2, figsize=(max(9, 1.2 * len(c.runs) + 4), 4.5))
-    names = [r.name for r in c.runs]
-    xs = list(range(len(names)))
+    from matplotlib.patches import Patch
+
+    fig, (ax_t, ax_b) = plt.subplots(1, 2, figsize=(max(9, 1.4 * len(c.runs) + 5), 5))
+    labels = bar_labels(c)
+    xs = list(range(len(labels)))
     colour = {False: "tab:blue", True: "tab:orange"}
     enc = [is_encrypted(r) for r in c.runs]
+    colours = [colour[e] for e in enc]
     seconds = [mean_present(row.get("seconds") for row in r.rows) or 0.0 for r in c.runs]
-    crypto = [s * (m["encryption_overhead_pct"] or 0.0) / 100 for s, m in zip(seconds, c.metrics, strict=True)]
-    ax_t.bar(xs, seconds, color=[colour[e] for e in enc])
-    ax_t.bar(xs, crypto, color="none", edgecolor="black", hatch="//", linewidth=0.5)
+    pct = [m["encryption_overhead_pct"] or 0.0 for m in c.metrics]
+    crypto = [s * p / 100 for s, p in zip(seconds, pct, strict=True)]
+    ax_t.bar(xs, crypto, color=colours, edgecolor="black", hatch="///", linewidth=0.6)
+    ax_t.bar(xs, [s - k for s, k in zip(seconds, crypto, strict=True)], bottom=crypto, color=colours)
+    for x, s, p in zip(xs, seconds, pct, strict=True):
+        if p:
+            ax_t.annotate(f"{p:.1f}%", (x, s), ha="center", va="bottom", fontsize=7)
     up = [m["bytes_up_per_round"] or 0.0 for m in c.metrics]
     down = [m["bytes_down_per_round"] or 0.0 for m in c.metrics]
-    scale, byte_unit = next(
-        ((f, u) for f, u in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")) if max(up + down, default=0) >= f),
-        (1, "bytes"),
-    )
+    scale, byte_unit = bytes_unit(max(up + down, default=0))
     up, down = [v / scale for v in up], [v / scale for v in down]
     width = 0.4
-    ax_b.bar([x - width / 2 for x in xs], up, width, color=[colour[e] for e in enc])
-    ax_b.bar([x + width / 2 for x in xs], down, width, color=[colour[e] for e in enc], alpha=0.5)
-    for ax, title, unit in ((ax_t, "seconds per round", "s"), (ax_b, "bytes per round per hospital", byte_unit)):
+    ax_b.bar([x - width / 2 for x in xs], up, width, color=colours)
+    ax_b.bar([x + width / 2 for x in xs], down, width, color=colours, alpha=0.5)
+    for ax, title, unit in (
+        (ax_t, "seconds per round", "seconds per round (mean over rounds)"),
+        (ax_b, "traffic per round per hospital", f"{byte_unit} per hospital per round"),
+    ):
         ax.set_ylim(0, (ax.get_ylim()[1] or 1.0) * 1.3)  # room for the legend above the bars
         ax.set_xticks(xs)
-        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
+        ax.set_xticklabels(labels, fontsize=7)
         ax.set_title(title)
         ax.set_ylabel(unit)
         ax.grid(alpha=0.3, axis="y")
-    from matplotlib.patches import Patch
-
-    ax_t.legend(
+    kinds = [Patch(color=colour[e], label="encrypted (CKKS)" if e else "plaintext") for e in sorted(set(enc))]
+    if any(crypto):
+        kinds.append(
+            Patch(facecolor="white", edgecolor="black", hatch="///", label="aggregate + encode + decode (% of round)")
+        )
+    ax_t.legend(handles=kinds, fontsize=7, loc="upper left")
+    ax_b.legend(
         handles=[
-            Patch(color=colour[False], label="plaintext"),
-            Patch(color=colour[True], label="encrypted"),
-            Patch(facecolor="none", edgecolor="black", hatch="//", label="aggregate+encode+decode"),
+            *kinds[: len(set(enc))],
+            Patch(facecolor="grey", label="uploaded (left bar)"),
+            Patch(facecolor="grey", alpha=0.5, label="downloaded (right bar)"),
         ],
         fontsize=7,
-    )
-    ax_b.legend(
-        handles=[Patch(color="grey", label="up"), Patch(color="grey", alpha=0.5, label="down")],
-        fontsize=7,
+        loc="upper left",
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def plot_cost(c: Comparison, path: Path) -> Path:
+    """Save :func:`cost_figure` into ``path``."""
+    return _save(cost_figure(c), path)

@@ -82,31 +82,37 @@ def _looks_like_run(folder: Path, files: set[str]) -> bool:
     return CONFIG_FILE in files and _is_run_config(folder / CONFIG_FILE)
 
 
-def find_runs(root: Path) -> list[Path]:
+def find_runs(root: Path, incomplete: list[str] | None = None) -> list[Path]:
     """Run folders under ``root`` (itself included), in natural order.
 
     A run folder holds config.yaml and summary.json. A folder holding only part of a run
-    (metrics.csv, summary.json or a resolved config.yaml without the other file) raises
-    :class:`IncompleteRun`; hidden folders (Hydra's ``.hydra``) and the insides of runs are skipped.
-    Raises :class:`NoRunsFound` when there is no run at all.
+    (metrics.csv, summary.json or a resolved config.yaml without the other file: a failed or
+    unfinished run) raises :class:`IncompleteRun`, or, given an ``incomplete`` list, is added to it
+    as ``"<folder> (no <file>)"`` and left out. Hidden folders (Hydra's ``.hydra``) and the insides
+    of runs are skipped. Raises :class:`NoRunsFound` when there is no run at all, complete or not.
     """
     if not root.exists():
         raise NoRunsFound(f"{root}: no such folder")
     if not root.is_dir():
         raise NoRunsFound(f"{root}: not a folder (give a run folder or a multirun folder)")
     found: list[Path] = []
+    partial = 0
     for dirpath, dirnames, filenames in os.walk(root):
         folder = Path(dirpath)
         files = set(filenames)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         if _looks_like_run(folder, files):
-            for needed in (CONFIG_FILE, SUMMARY_FILE):
-                if needed not in files:
-                    hint = " (the run did not finish?)" if needed == SUMMARY_FILE else ""
-                    raise IncompleteRun(f"{folder}: run folder without {needed}{hint}")
-            found.append(folder)
             dirnames[:] = []  # a run's sub-folders (aggregates/) are not runs
-    if not found:
+            missing = next((f for f in (SUMMARY_FILE, CONFIG_FILE) if f not in files), None)
+            if missing is None:
+                found.append(folder)
+            elif incomplete is None:
+                hint = " (the run did not finish?)" if missing == SUMMARY_FILE else ""
+                raise IncompleteRun(f"{folder}: run folder without {missing}{hint}")
+            else:
+                incomplete.append(f"{folder} (no {missing})")
+                partial += 1
+    if not found and not partial:
         raise NoRunsFound(f"{root}: no runs found (a run folder holds {CONFIG_FILE} and {SUMMARY_FILE})")
     return sorted(found, key=_natural_key)
 
@@ -184,51 +190,28 @@ def short_names(paths: Sequence[Path]) -> list[str]:
             return [str(p) for p in paths]
 
 
-def load_runs(paths: Iterable[str | Path], skip_incomplete: bool = False) -> tuple[list[Run], list[str]]:
+def load_runs(paths: Iterable[str | Path], strict: bool = False) -> tuple[list[Run], list[str]]:
     """Find and read every run under ``paths``; return the runs and the warnings raised doing so.
 
-    With ``skip_incomplete``, run folders lacking a file are skipped with a warning (a multirun
-    whose jobs partly failed) instead of raising :class:`IncompleteRun`.
+    Run folders lacking summary.json or config.yaml (failed or unfinished runs of a sweep) are left
+    out with one warning naming them; with ``strict`` the first one raises :class:`IncompleteRun`.
+    A file that is there but cannot be read always raises.
     """
+    paths = list(paths)
+    incomplete: list[str] | None = None if strict else []
     folders: list[Path] = []
-    notes: list[str] = []
     for given in paths:
-        root = Path(given).expanduser()
-        if skip_incomplete:
-            folders.extend(_find_runs_skipping(root, notes))
-        else:
-            folders.extend(find_runs(root))
+        folders.extend(find_runs(Path(given).expanduser(), incomplete))
     unique = list(dict.fromkeys(f.resolve() for f in folders))
-    runs = []
-    for folder in unique:
-        try:
-            runs.append(load_run(folder))
-        except IncompleteRun as err:
-            if not skip_incomplete:
-                raise
-            notes.append(f"skipped {err}")
-    if not runs:
-        raise NoRunsFound(f"{', '.join(str(p) for p in paths)}: no complete runs found")
+    notes = []
+    if incomplete:
+        notes.append(
+            f"skipped {len(incomplete)} incomplete run folder{'s' if len(incomplete) > 1 else ''} "
+            f"(failed or unfinished runs; --strict stops instead): {', '.join(incomplete)}"
+        )
+    if not unique:
+        raise NoRunsFound(f"{', '.join(str(p) for p in paths)}: no complete runs found; {notes[0]}")
+    runs = [load_run(folder) for folder in unique]
     for run, name in zip(runs, short_names([r.path for r in runs]), strict=True):
         run.name = name
     return runs, notes
-
-
-def _find_runs_skipping(root: Path, notes: list[str]) -> list[Path]:
-    """find_runs, but a partial run folder becomes a note and the search goes on."""
-    found: list[Path] = []
-    if not root.is_dir():
-        return find_runs(root)  # raises NoRunsFound with the reason
-    for dirpath, dirnames, filenames in os.walk(root):
-        folder, files = Path(dirpath), set(filenames)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        if _looks_like_run(folder, files):
-            dirnames[:] = []
-            missing = [f for f in (CONFIG_FILE, SUMMARY_FILE) if f not in files]
-            if missing:
-                notes.append(f"skipped {folder}: run folder without {missing[0]}")
-            else:
-                found.append(folder)
-    if not found and not notes:
-        raise NoRunsFound(f"{root}: no runs found (a run folder holds {CONFIG_FILE} and {SUMMARY_FILE})")
-    return sorted(found, key=_natural_key)
