@@ -8,6 +8,7 @@ the run folder: config.yaml, metrics.csv, summary.json, curves.png, model.pt.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -22,23 +23,61 @@ from pipeline.config import conf_dir, validate
 from pipeline.config import paths as _paths  # noqa: F401  (registers the config's resolvers)
 from pipeline.config.resume import resume_config
 from pipeline.errors import ConfigError, DataError, RunFailed
+from pipeline.outputs import logs
 from pipeline.outputs.atomic import write_atomic
-from pipeline.outputs.console import summary_table
+from pipeline.outputs.console import close_live_progress, summary_table
 from pipeline.outputs.recorder import CONFIG_FILE
 
 log = logging.getLogger("fedmed")
 
 
-def _terminate(signum, frame) -> None:  # noqa: ARG001
-    raise KeyboardInterrupt(f"signal {signum}")
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM: the run stops; the exit status is 128 + ``signum``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def _interrupt(signum, frame) -> None:  # noqa: ARG001
+    """The first SIGINT/SIGTERM stops the run (Ray's shutdown chatter goes to run.log); later ones wait for it."""
+    if getattr(_interrupt, "signum", None) is not None:
+        return
+    _interrupt.signum = signum
+    logs.mute_console()
+    raise Interrupted(signum)
+
+
+def check_device(cfg: DictConfig) -> None:
+    """``device=cuda`` / ``cuda:N`` needs that GPU here (the simulated hospitals train on this machine).
+
+    Raises:
+        ConfigError: CUDA is not available, or there is no GPU ``N``.
+    """
+    device = str(cfg.device)
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={device}: CUDA is not available on this machine (torch.cuda.is_available() is false); "
+            "use device=auto or device=cpu"
+        )
+    index = device.partition(":")[2]
+    if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+        raise ConfigError(f"device={device}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 and up")
 
 
 def preflight(cfg: DictConfig) -> None:
     """Load the data, partition it, build the model and plan each hospital's DP budget: fail fast."""
+    from pipeline.outputs.tracking import check_backend
     from pipeline.privacy.plan import plan_for_run
     from pipeline.task.model import build_model
     from pipeline.task.sites import hospital_data, pooled_data, test_dataset
 
+    check_device(cfg)
+    check_backend(cfg)
     if cfg.strategy.get("proximal_mu", 0) and cfg.privacy.enabled:
         raise ConfigError("strategy.proximal_mu > 0 (FedProx) is not supported with privacy=dpsgd; use strategy=fedavg")
     test_dataset(cfg)
@@ -76,8 +115,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
             'config can recompute them; this run is NOT private (summary.json: "private": false)'
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not cfg.resume:
-        write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
+    # a resumed run rewrites the same config (plus settings newer than the run, see resume_config)
+    write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
     preflight(cfg)
     if cfg.federation.mode == "federated" and cfg.get("deployment") is not None:
         from pipeline.engines.deployment import run_local_deployment
@@ -112,16 +151,44 @@ def record_provenance(cfg: DictConfig, run_dir: Path, summary: dict) -> dict:
     return summary
 
 
-def quiet_libraries() -> None:
-    """Keep the console to progress lines: libraries' debug chatter goes."""
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("flwr").setLevel(logging.INFO)
+def interrupted(cfg: DictConfig, run_dir: Path, signum: int) -> None:
+    """The one line of an interrupted run (everything it started is stopped by now); exit 128 + signum.
+
+    ``os._exit``: Flower's server thread may still wait for replies that never come; nothing of the
+    run is left to save (each completed round was checkpointed as it ended).
+    """
+    logs.unmute_console()
+    close_live_progress()
+    if cfg.get("deployment") is not None:
+        log.error("interrupted: every deployment process was stopped; a deployment restarts from round 1")
+    else:
+        log.error("interrupted: %s", _saved(run_dir))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + signum)
+
+
+def _saved(run_dir: Path) -> str:
+    """What an interrupted run leaves: its checkpointed rounds and the command that continues it."""
+    import json
+
+    from pipeline.outputs.recorder import CHECKPOINT_FILE
+
+    try:
+        done = int(json.loads((run_dir / CHECKPOINT_FILE).read_text())["completed_round"])
+    except (OSError, ValueError, KeyError):
+        return "no round was completed yet (nothing to resume); run the command again to start over"
+    rounds = "round 1 is" if done == 1 else f"rounds 1-{done} are"
+    return f"{rounds} saved in {run_dir}; continue with: python -m pipeline.run resume={run_dir}"
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
-    quiet_libraries()
-    signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends like Ctrl-C: checkpoints stay intact
+    level = OmegaConf.select(cfg, "log.level", default="info")
+    logs.setup_logging(level if level in logs.LEVELS else "info")  # a bad value is refused by validate()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # both end the run the same way; checkpoints stay intact
+        signal.signal(signum, _interrupt)
     run_dir = Path(cfg.run_dir or HydraConfig.get().runtime.output_dir).resolve()
     try:
         if cfg.resume:
@@ -134,21 +201,18 @@ def hydra_main(cfg: DictConfig) -> None:
     except RunFailed as err:
         log.error("run failed: %s", err)
         sys.exit(1)
-    except KeyboardInterrupt:
-        if cfg.get("deployment") is not None:
-            log.error("interrupted: every deployment process was stopped; a deployment restarts from round 1")
-        else:
-            log.error(
-                "interrupted: completed rounds are saved; continue with: python -m pipeline.run resume=%s", run_dir
-            )
-        sys.exit(130)
+    except KeyboardInterrupt as err:
+        interrupted(cfg, run_dir, getattr(err, "signum", signal.SIGINT))
     print(summary_table(summary), flush=True)
     if summary.get("status") == "stopped_early":
         log.warning("the run stopped early: %s", summary.get("stop_reason"))
 
 
 def main() -> None:
-    """Console-script entry point (``fedmed-run``)."""
+    """Console-script entry point (``fedmed-run``): unknown keys and options stop in one line, then Hydra runs."""
+    from pipeline.config.suggest import exit_on_unknown_override
+
+    exit_on_unknown_override(sys.argv[1:])
     hydra_main()
 
 

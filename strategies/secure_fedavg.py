@@ -45,6 +45,9 @@ log = logging.getLogger("fedmed.server")
 POLL_SECONDS = 0.05
 MAX_ATTEMPTS = 2  # a round whose checks fail is tried once more, afresh, before the run stops
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+# (round, phase, replies so far, replies expected): called as an exchange starts and as each reply
+# arrives; round 0 is the size query. For progress displays (pipeline.outputs.console.LiveProgress).
+ProgressHook = Callable[[int, str, int, int], None]
 
 
 @dataclass
@@ -59,8 +62,13 @@ class Site:
     epsilon: float = 0.0
     out_of_budget: bool = False
     dp_reports: list[dict[str, Any]] = field(default_factory=list)  # per round trained: plan, history, epsilon
+    device: str = ""  # where the hospital says it trained (cpu, cuda, cuda:1, ...)
     agree_key: str = ""  # secure aggregation: this run's signed agreement key, relayed to the others
     agree_sig: bytes = b""
+
+
+def _hospital(site: Site) -> int:
+    return site.hospital
 
 
 @dataclass
@@ -121,6 +129,7 @@ class SecureFedAvg(Strategy):
         self._tally: RoundTally | None = None
         self._refusals: list[str] = []
         self.attempt = 0  # of the current round: a round abandoned by the checks is retried afresh
+        self.progress: ProgressHook | None = None
 
     # --- Flower's hooks --------------------------------------------------------------------
     def summary(self) -> None:
@@ -191,6 +200,7 @@ class SecureFedAvg(Strategy):
         tally.seen.add(node)
         site = self.sites[node]
         site.epsilon = float(c.get(M.EPSILON, 0.0))
+        site.device = str(c.get(M.DEVICE, site.device))
         if M.DP_REPORT in c:
             site.dp_reports.append({"round": tally.round, **json.loads(str(c[M.DP_REPORT]))})
         if bool(c[M.OUT_OF_BUDGET]):
@@ -307,7 +317,12 @@ class SecureFedAvg(Strategy):
             decode.append(float(m[M.DECODE_SECONDS]))
         if not results:
             return None
-        out = {key: weighted_mean([(m[key], n) for m, n in results]) for key in M.VAL_METRICS}
+        # a metric no hospital reports (val_threshold of non-binary data) stays out of the row
+        out = {
+            key: weighted_mean([(m.get(key), n) for m, n in results])
+            for key in M.VAL_METRICS
+            if any(key in m for m, _ in results)
+        }
         out[M.DECODE_SECONDS] = float(np.mean(decode))
         return MetricRecord(out)
 
@@ -354,7 +369,8 @@ class SecureFedAvg(Strategy):
         while rnd <= num_rounds:
             t0 = time.perf_counter()
             self._refusals = []
-            self._exchange(grid, self.configure_train(rnd, arrays, train_config, grid), timeout, self.add_train_reply)
+            messages = self.configure_train(rnd, arrays, train_config, grid)
+            self._exchange(grid, messages, timeout, self.add_train_reply, phase="train")
             agg_arrays, train_metrics = self.aggregate_train(rnd, [])
             row: dict[str, Any] = {"round": rnd, **dict(train_metrics or {})}
             if agg_arrays is None or row["hospitals"] < self.min_hospitals:
@@ -375,7 +391,8 @@ class SecureFedAvg(Strategy):
                         break
                     continue
             agg = Aggregate.from_record(agg_arrays)
-            replies = self._exchange(grid, self.configure_evaluate(rnd, agg_arrays, evaluate_config, grid), timeout)
+            messages = self.configure_evaluate(rnd, agg_arrays, evaluate_config, grid)
+            replies = self._exchange(grid, messages, timeout, phase="evaluate")
             evaluated = self.aggregate_evaluate(rnd, replies)
             if self._refusals:
                 if self._abandon(rnd, "; ".join(self._refusals)):
@@ -432,7 +449,7 @@ class SecureFedAvg(Strategy):
             for n in nodes
         ]
         refusals = []
-        for reply in self._exchange(grid, messages, timeout):
+        for reply in self._exchange(grid, messages, timeout, phase="query"):
             node = reply.metadata.src_node_id
             if reply.has_error():
                 log.warning("node %d failed the size query: %s", node, reply.error.reason)
@@ -498,6 +515,7 @@ class SecureFedAvg(Strategy):
             "seconds": seconds,
             "last_aggregate_round": int(rows[-1]["round"]) if rows else 0,
             "server_optimizer": self.server_optimizer.spec(),
+            "devices": {f"hospital {s.hospital}": s.device for s in sorted(self.sites.values(), key=_hospital)},
         }
 
     # --- helpers ---------------------------------------------------------------------------
@@ -537,7 +555,7 @@ class SecureFedAvg(Strategy):
         for i, node in enumerate(self.sites):
             tally.bytes_down[i] += len(requests.get(self.sites[node].hospital, {}).get(M.VERIFY_CHUNK, b""))
         answers = {}
-        for reply in self._exchange(grid, messages, timeout):
+        for reply in self._exchange(grid, messages, timeout, phase="unmask"):
             hospital = self.sites[reply.metadata.src_node_id].hospital
             if reply.has_error():
                 log.warning("round %d: hospital %d failed to unmask: %s", tally.round, hospital, reply.error.reason)
@@ -573,12 +591,16 @@ class SecureFedAvg(Strategy):
         messages: Iterable[Message],
         timeout: float,
         on_reply: Callable[[int, Message], None] | None = None,
+        phase: str = "",
     ) -> list[Message]:
         """Send ``messages``; hand each reply to ``on_reply(node, reply)`` as it arrives; return all replies.
 
-        Nodes that do not answer within ``timeout`` seconds are named in the log and left out.
+        Nodes that do not answer within ``timeout`` seconds are named in the log and left out. The
+        :attr:`progress` hook hears of the exchange (``phase``) as it starts and of each reply.
         """
         messages = list(messages)
+        rnd = self._tally.round if self._tally is not None else 0
+        self._report(rnd, phase, 0, len(messages))
         ids = grid.push_messages(messages)
         pending = {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True)}
         replies: list[Message] = []
@@ -591,11 +613,16 @@ class SecureFedAvg(Strategy):
                 replies.append(reply)
                 if on_reply is not None:
                     on_reply(node, reply)
+                self._report(rnd, phase, len(replies), len(messages))
             if pending:
                 time.sleep(POLL_SECONDS)
         for node in pending.values():
             log.warning("%s did not reply within %gs; carrying on without it", self._name(node), timeout)
         return replies
+
+    def _report(self, rnd: int, phase: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(rnd, phase, done, total)
 
     def _restore_privacy_report(self, recorder: RunRecorder, done: int) -> None:
         """Take back the DP reports of the rounds up to ``done`` (hospitals are matched by their number)."""

@@ -39,6 +39,9 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         new, old = _plain(OmegaConf.select(cfg, key)), _plain(OmegaConf.select(saved, key))
         if new != old:
             raise ConfigError(f"resume: {item} differs from the run's {key}={old}; a resumed run keeps its config")
+    for key in cfg:  # settings newer than the run (e.g. eval, log) take today's defaults
+        if key not in saved:
+            saved[key] = cfg[key]
     saved.resume = str(folder)
     saved.run_dir = str(folder)
     return saved

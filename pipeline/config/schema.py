@@ -73,7 +73,7 @@ class FederationConfig:
     stop_after: int | None = None
     hospital_dir: str = MISSING
     cpus_per_hospital: float = MISSING
-    gpus_per_hospital: float = MISSING
+    gpus_per_hospital: Any = MISSING  # a number >= 0, or "auto" (pipeline.engines.simulation.gpu_share)
 
 
 @dataclass
@@ -111,6 +111,19 @@ class LoggerConfig:
 
 
 @dataclass
+class LogConfig:
+    level: str = MISSING
+
+
+@dataclass
+class EvalConfig:
+    # "youden" or a probability in (0, 1)
+    threshold: Any = MISSING
+    bootstrap: int = MISSING
+    calibration_bins: int = MISSING
+
+
+@dataclass
 class DeploymentConfig:
     host: str = MISSING
     port: int = MISSING
@@ -138,5 +151,7 @@ GROUP_SCHEMAS: dict[str, type] = {
     "privacy": PrivacyConfig,
     "encryption": EncryptionConfig,
     "logger": LoggerConfig,
+    "log": LogConfig,
+    "eval": EvalConfig,
 }
 OPTIONAL_GROUP_SCHEMAS: dict[str, type] = {"deployment": DeploymentConfig}

@@ -26,7 +26,8 @@ MODES = ("federated", "centralized", "local")
 ACCOUNTANTS = ("rdp", "prv")
 GRAD_SAMPLE_MODES = ("ghost", "hooks", "functorch", "bk")
 BATCHNORM_POLICIES = ("refuse", "convert")
-LOGGERS = ("none", "mlflow")
+LOGGERS = ("none", "mlflow", "tensorboard")
+LOG_LEVELS = ("warning", "info", "debug")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -62,7 +63,10 @@ def complete(cfg: DictConfig) -> DictConfig:
         cfg[key] = _typed(schema, cfg.get(key, {}), key)
         missing = _missing_keys(cfg[key], key)
         if missing:
-            raise ConfigError(f"{', '.join(missing)} not set: the conf/{key}/ option in use must give a value")
+            raise ConfigError(
+                f"{', '.join(missing)} not set: give it on the command line ({missing[0]}=...) "
+                f"or in the conf/{key}/ option in use"
+            )
     return cfg
 
 
@@ -85,13 +89,19 @@ def validate(cfg: DictConfig) -> DictConfig:
     )
     _check(fed.round_timeout > 0, f"federation.round_timeout={fed.round_timeout} must be > 0 seconds")
     _check(fed.cpus_per_hospital > 0, f"federation.cpus_per_hospital={fed.cpus_per_hospital} must be > 0")
+    gpus = fed.gpus_per_hospital
+    _check(
+        gpus == "auto" or (isinstance(gpus, (int, float)) and not isinstance(gpus, bool) and gpus >= 0),
+        f"federation.gpus_per_hospital={gpus!r} must be auto or a number >= 0",
+    )
     _check(train.local_epochs >= 1, f"train.local_epochs={train.local_epochs} must be >= 1")
     _check(train.batch_size >= 1, f"train.batch_size={train.batch_size} must be >= 1")
     _check(train.threads >= 1, f"train.threads={train.threads} must be >= 1")
     _check(
         fed.mode != "federated" or train.threads <= math.ceil(fed.cpus_per_hospital),
         f"train.threads={train.threads} exceeds federation.cpus_per_hospital={fed.cpus_per_hospital}: concurrent "
-        "hospitals would oversubscribe the cores; raise cpus_per_hospital too",
+        f"hospitals would oversubscribe the cores; use federation.cpus_per_hospital={train.threads} too, "
+        f"or train.threads={math.ceil(fed.cpus_per_hospital)}",
     )
     _check(
         isinstance(train.optimizer, DictConfig) and "_target_" in train.optimizer,
@@ -105,8 +115,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     )
     _check(
         cfg.logger.backend in LOGGERS,
-        f"logger.backend={cfg.logger.backend!r} is unknown; use logger=none or logger=mlflow",
+        f"logger.backend={cfg.logger.backend!r} is unknown; use logger=none, logger=mlflow or logger=tensorboard",
     )
+    _check(cfg.log.level in LOG_LEVELS, f"log.level={cfg.log.level!r} is unknown; use one of {', '.join(LOG_LEVELS)}")
+    _validate_eval(cfg.eval)
     _validate_data(data)
     _validate_privacy(cfg.privacy)
     if cfg.encryption.enabled:
@@ -115,6 +127,17 @@ def validate(cfg: DictConfig) -> DictConfig:
     if cfg.get("deployment") is not None:
         _validate_deployment(cfg)
     return cfg
+
+
+def _validate_eval(ev: DictConfig) -> None:
+    threshold = ev.threshold
+    number = isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+    _check(
+        threshold == "youden" or (number and 0 < threshold < 1),
+        f"eval.threshold={threshold!r} must be youden or a probability in (0, 1)",
+    )
+    _check(ev.bootstrap >= 0, f"eval.bootstrap={ev.bootstrap} must be >= 0 resamples (0 = no interval)")
+    _check(ev.calibration_bins >= 2, f"eval.calibration_bins={ev.calibration_bins} must be >= 2")
 
 
 # Keys each data kind needs (beyond the ones every kind has).
@@ -214,7 +237,8 @@ def _validate_min_hospitals(cfg: DictConfig) -> None:
         )
     raise ConfigError(
         f"with {n} hospitals no aggregate can hide an update from the server colluding with {colluders} "
-        "hospital(s) (the sum of the others reveals it); use more hospitals or encryption.colluders=0"
+        f"hospital(s) (the sum of the others reveals it); use federation.num_hospitals={colluders + 2} or more, "
+        "or encryption.colluders=0"
     )
 
 
@@ -231,9 +255,14 @@ def _validate_deployment(cfg: DictConfig) -> None:
     )
     _check(
         cfg.data.kind == "medmnist",
-        f"deployment=local cuts each hospital's file from a MedMNIST data set; data.kind={cfg.data.kind!r} is not",
+        f"deployment=local cuts each hospital's file from a MedMNIST data set; data.kind={cfg.data.kind!r} is not "
+        "(use data=pneumoniamnist or data=medmnist)",
     )
-    _check(dep.startup_timeout > 0 and dep.run_timeout > 0, "deployment timeouts must be > 0 seconds")
+    _check(
+        dep.startup_timeout > 0 and dep.run_timeout > 0,
+        f"deployment.startup_timeout={dep.startup_timeout} and deployment.run_timeout={dep.run_timeout} must both be "
+        "> 0 seconds",
+    )
 
 
 def _validate_privacy(p: DictConfig) -> None:

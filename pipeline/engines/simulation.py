@@ -9,11 +9,18 @@ After the rounds, a separate consortium process decrypts and tests the final mod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
+import os
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -30,10 +37,12 @@ from pipeline.flower.context import (
     SIGNING_DIR_KEY,
     STATE_DIR_KEY,
 )
+from pipeline.outputs.logs import hospital_runtime_env
 from pipeline.outputs.recorder import SUMMARY_FILE
 from pipeline.secagg.params import ROSTER_FILE, SECRET_FILE, SERVER_FILE, SIGNING_DIR
 
 log = logging.getLogger("fedmed")
+RUN_TAG = "FEDMED_RAY_SESSION"  # in the environment of every process a simulation's Ray session starts
 
 
 def _run_module(module: str, *args: str) -> None:
@@ -42,14 +51,74 @@ def _run_module(module: str, *args: str) -> None:
         raise RunFailed(f"{module} failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
 
 
+def gpu_share(cfg: DictConfig) -> float:
+    """GPUs per hospital: ``federation.gpus_per_hospital``, or for ``auto`` a share of the visible GPUs.
+
+    ``auto``: with CUDA available and ``device`` auto or cuda, the visible GPUs divided among the
+    hospitals (whole GPUs when there are enough, else a fraction, rounded down so that all fit at
+    once); 0 otherwise (the hospitals train on the CPU).
+    """
+    setting = cfg.federation.gpus_per_hospital
+    if setting != "auto":
+        return float(setting)
+    import torch
+
+    device = str(cfg.device)
+    if not (device == "auto" or device.startswith("cuda")) or not torch.cuda.is_available():
+        return 0.0
+    share = torch.cuda.device_count() / int(cfg.federation.num_hospitals)
+    return float(math.floor(share)) if share >= 1 else math.floor(share * 1e4) / 1e4
+
+
 def backend_config(cfg: DictConfig) -> dict:
-    """Ray resources per hospital (``federation.cpus_per_hospital``, ``gpus_per_hospital``)."""
+    """Ray resources per hospital (``federation.cpus_per_hospital``, ``gpus_per_hospital``, see :func:`gpu_share`)."""
     fed = cfg.federation
-    return {
-        "client_resources": {"num_cpus": float(fed.cpus_per_hospital), "num_gpus": float(fed.gpus_per_hospital)},
-        # Ray workers inherit the environment (so a test's FEDMED_FAULTS plan reaches the hospitals).
-        "init_args": {"include_dashboard": False, "log_to_driver": True},
-    }
+    return {"client_resources": {"num_cpus": float(fed.cpus_per_hospital), "num_gpus": gpu_share(cfg)}}
+
+
+def stop_tagged(tag: str, grace: float = 3.0) -> None:
+    """SIGTERM every process whose environment carries ``RUN_TAG=<tag>``, SIGKILL what is left after ``grace`` s."""
+    from pipeline.engines.deployment import processes_with_environment
+
+    needle = f"\0{RUN_TAG}={tag}\0"
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        deadline = time.monotonic() + grace
+        while (pids := processes_with_environment(needle)) and time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+            time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def ray_session() -> Iterator[None]:
+    """Ray started here (Flower's backend then uses it) and always shut down, interrupted or not.
+
+    Ray's ``init`` replaces the driver's SIGTERM handler with one that exits without a word; ours
+    (an interrupt that stops everything and names the resume command) is put back. Ray workers
+    inherit the environment (so a test's FEDMED_FAULTS plan reaches the hospitals) and run
+    :func:`pipeline.outputs.logs.setup_hospital_process` at start. Every process Ray starts carries
+    this session's :data:`RUN_TAG` in its environment: whatever outlives ``ray.shutdown()`` (agents
+    orphaned by the raylet) is stopped by it.
+    """
+    import ray
+
+    tag = os.environ[RUN_TAG] = secrets.token_hex(8)
+    ours = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    # the workers import this project by sys.path, as Flower's own Ray start does
+    pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+    ray.init(
+        include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
+        runtime_env=hospital_runtime_env(pythonpath),
+    )  # fmt: skip
+    for signum, handler in ours.items():
+        signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        stop_tagged(tag)
+        del os.environ[RUN_TAG]
 
 
 def hospital_folder(cfg: DictConfig, run_dir: Path) -> Path:
@@ -115,12 +184,13 @@ def run_federated(cfg: DictConfig, run_dir: Path) -> dict:
         # each simulated hospital reads its own signing key from the folder; the roster is public
         node_config[SIGNING_DIR_KEY] = str(private / SIGNING_DIR)
         node_config[ROSTER_KEY] = str(private / ROSTER_FILE)
-    run_simulation(
-        server_app=server_app.make_app(apps_config),
-        client_app=client_app.make_app(apps_config, node_config),
-        num_supernodes=int(cfg.federation.num_hospitals),
-        backend_config=backend_config(cfg),
-    )
+    with ray_session():
+        run_simulation(
+            server_app=server_app.make_app(apps_config),
+            client_app=client_app.make_app(apps_config, node_config),
+            num_supernodes=int(cfg.federation.num_hospitals),
+            backend_config=backend_config(cfg),
+        )
     summary = finish(cfg, run_dir, secret)
     if summary["status"] != "paused":
         shutil.rmtree(private, ignore_errors=True)

@@ -45,6 +45,7 @@ from pipeline.secagg.masks import round_check
 from pipeline.secagg.params import share_threshold
 from pipeline.secagg.wire import Payload
 from pipeline.task import training
+from pipeline.task.clinical import validation_metrics
 from pipeline.task.model import build_model, get_flat, set_flat
 from pipeline.task.sites import HospitalData, hospital_data, own_hospital_data
 from strategies.server_optimizers import ServerOptimizer
@@ -244,7 +245,7 @@ class HospitalClient:
             raise OutOfSync(f"holds the model of round {self.model_round}, round {rnd} needs round {rnd - 1}")
         plan = plan_for_run(self.cfg, self.data.num_train)
         ledger = self.ledger() if plan else None
-        reply = {M.ROUND: rnd, M.NUM_TRAIN: self.data.num_train, M.OUT_OF_BUDGET: False}
+        reply = {M.ROUND: rnd, M.NUM_TRAIN: self.data.num_train, M.OUT_OF_BUDGET: False, M.DEVICE: str(self.device)}
         if plan is not None:
             this_round = ledger.accountant.history + [(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)]
             lifetime_problem = self._lifetime_problem(plan, this_round)
@@ -365,11 +366,12 @@ class HospitalClient:
         return RecordDict({M.CONFIG: ConfigRecord(reply)})
 
     def evaluate(self, content: RecordDict) -> RecordDict:
-        """Apply the new aggregate and report validation metrics on the local held-out share."""
+        """Apply the new aggregate and report validation metrics on the local held-out share (and,
+        for binary data, the Youden threshold there: the test split's operating point)."""
         decode_seconds = self.sync(content)
         model = self.new_model()
         set_flat(model, self.global_weights())
-        m = training.evaluate(model, self.data.val, self.device)
+        m = validation_metrics(model, self.data.val, self.device)
         plan = plan_for_run(self.cfg, self.data.num_train)
         # the spending so far, also when a train reply of this hospital was lost or dropped
         epsilon = self.ledger().epsilon(plan.delta) if plan is not None else 0.0
@@ -383,6 +385,8 @@ class HospitalClient:
                         "val_auc": m["auc"],
                         "val_accuracy": m["accuracy"],
                         "val_mcc": m["mcc"],
+                        # binary single-label data only (None otherwise: left out, not NaN)
+                        **({"val_threshold": m["threshold"]} if m["threshold"] is not None else {}),
                         M.DECODE_SECONDS: decode_seconds,
                         M.NUM_VAL: len(self.data.val),
                     }

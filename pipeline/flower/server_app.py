@@ -4,7 +4,8 @@ The server sees, per hospital and round: the ciphertext (or, with encryption off
 update), the example weight, epsilon spent and metrics. The strategy (:mod:`strategies`) adds
 ciphertexts with a context that holds no key; this process never opens the hospitals' secret
 context file and imports nothing that could. With encryption off, the server may rebuild the
-model, so it tests each round's model on the test split itself (``global_evaluate``).
+model, so it tests each round's model on the test split itself (``global_evaluate``), and the
+final model with the clinical metrics (:func:`final_test`: roc.png, calibration.png).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from pipeline.errors import DataError, RunFailed
 from pipeline.flower import faults
 from pipeline.flower.context import PUBLIC_CONTEXT_KEY, RUN_DIR_KEY, experiment, with_defaults
 from pipeline.outputs.atomic import write_atomic
-from pipeline.outputs.plots import PLOT_FILE, plot_rounds
+from pipeline.outputs.console import live_progress
+from pipeline.outputs.plots import PLOT_FILE, plot_rounds, run_title
 from pipeline.outputs.recorder import CONFIG_FILE, MODEL_FILE, RunRecorder
 from pipeline.secagg.aggregates import Aggregate
 from strategies.secure_fedavg import SecureFedAvg
@@ -72,6 +74,20 @@ class PlaintextTest:
         return MetricRecord({"test_auc": self.final["auc"], "test_accuracy": self.final["accuracy"]})
 
 
+def final_test(cfg: DictConfig, plaintext_test: PlaintextTest, rows: list[dict], run_dir: Path) -> dict[str, Any]:
+    """The plaintext run's final model on the test split with its clinical metrics, at the hospitals'
+    validation threshold of the last completed round (``rows``: metrics.csv); writes the plots."""
+    from pipeline.outputs.clinical_plots import write_clinical_plots
+    from pipeline.task.clinical import final_model_report, resolve_threshold
+    from pipeline.task.training import resolve_device
+
+    threshold = resolve_threshold(cfg.eval, rows)
+    device = resolve_device(str(cfg.device))
+    test, probs, labels = final_model_report(plaintext_test.model, plaintext_test.test_set, device, threshold, cfg)
+    write_clinical_plots(run_dir, probs, labels, test)
+    return test
+
+
 def run_server(grid: Grid, cfg: DictConfig, run_dir: Path, server_context: bytes | None) -> dict[str, Any]:
     """Run the configured strategy to the end (or a pause / early stop); write and return the summary."""
     fed = cfg.federation
@@ -86,19 +102,26 @@ def run_server(grid: Grid, cfg: DictConfig, run_dir: Path, server_context: bytes
     recorder = RunRecorder(run_dir)
     plaintext_test = PlaintextTest(cfg, strategy) if server_context is None else None
     started = time.perf_counter()
-    strategy.start(
-        grid,
-        ArrayRecord(),
-        num_rounds=int(fed.rounds),
-        timeout=float(fed.round_timeout),
-        evaluate_fn=plaintext_test,
-        recorder=recorder,
-        resume=bool(cfg.resume),
-        stop_after=fed.stop_after,
-    )
+    # a live bar only where this server's console is the researcher's terminal (a simulation run there)
+    strategy.progress = bar = live_progress(str(OmegaConf.select(cfg, "log.level", default="info")), int(fed.rounds))
+    try:
+        strategy.start(
+            grid,
+            ArrayRecord(),
+            num_rounds=int(fed.rounds),
+            timeout=float(fed.round_timeout),
+            evaluate_fn=plaintext_test,
+            recorder=recorder,
+            resume=bool(cfg.resume),
+            stop_after=fed.stop_after,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
     if strategy.status == "paused":
         log.warning("paused; continue with: python -m pipeline.run resume=%s", run_dir)
     privacy = cfg.privacy
+    tested = plaintext_test is not None and plaintext_test.model is not None and strategy.status != "paused"
     summary = strategy.run_summary(time.perf_counter() - started)
     kinds = strategy.privacy_report()["randomness"]
     summary.update(
@@ -107,7 +130,7 @@ def run_server(grid: Grid, cfg: DictConfig, run_dir: Path, server_context: bytes
         run_dir=str(run_dir),
         rounds_planned=int(fed.rounds),
         # plaintext: server-side; encrypted: filled by the consortium; paused: not yet
-        test=plaintext_test.final if plaintext_test is not None and strategy.status != "paused" else None,
+        test=final_test(cfg, plaintext_test, recorder.rows, run_dir) if tested else None,
         epsilon=summary["epsilon"] if privacy.enabled else {},
         epsilon_target=float(privacy.epsilon) if privacy.enabled else None,
         delta=float(privacy.delta) if privacy.enabled else None,
@@ -116,9 +139,9 @@ def run_server(grid: Grid, cfg: DictConfig, run_dir: Path, server_context: bytes
         randomness=kinds,
     )
     recorder.write_summary(summary)
-    title = f"{cfg.model._target_.split('.')[-1]}, {len(strategy.sites)} hospitals"
-    plot_rounds(strategy.rows, run_dir / PLOT_FILE, title)
-    if plaintext_test is not None and plaintext_test.model is not None and strategy.status != "paused":
+    title = run_title(cfg, len(strategy.sites))
+    plot_rounds(strategy.rows, run_dir / PLOT_FILE, title, summary["epsilon_target"])
+    if tested:
         from pipeline.task.model import save_model
 
         save_model(plaintext_test.model, run_dir / MODEL_FILE)

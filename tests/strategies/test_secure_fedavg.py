@@ -323,3 +323,18 @@ def _with_values(content: RecordDict, values: np.ndarray) -> RecordDict:
     out = _without_payload(content)
     Payload(values=values).put(out)
     return out
+
+
+def test_the_progress_hook_hears_each_phase_start_and_each_reply_and_the_summary_names_the_devices():
+    strategy = SecureFedAvg(num_hospitals=3, min_hospitals=3)
+    heard: list[tuple[int, str, int, int]] = []
+    strategy.progress = lambda *event: heard.append(event)
+
+    strategy.start(FakeGrid(three_hospitals()), num_rounds=2, timeout=5)
+
+    assert heard[:4] == [(0, "query", 0, 3), (0, "query", 1, 3), (0, "query", 2, 3), (0, "query", 3, 3)]
+    for rnd in (1, 2):
+        for phase in ("train", "evaluate"):
+            assert [e[2:] for e in heard if e[:2] == (rnd, phase)] == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    # the fake hospitals do not say where they trained: the summary records that they did not
+    assert strategy.run_summary(1.0)["devices"] == {"hospital 0": "", "hospital 1": "", "hospital 2": ""}
