@@ -19,6 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import interrupts
 from pipeline.config import conf_dir, validate
 from pipeline.config import paths as _paths  # noqa: F401  (registers the config's resolvers)
 from pipeline.config.resume import resume_config
@@ -41,9 +42,9 @@ class Interrupted(KeyboardInterrupt):
 
 def _interrupt(signum, frame) -> None:  # noqa: ARG001
     """The first SIGINT/SIGTERM stops the run (Ray's shutdown chatter goes to run.log); later ones wait for it."""
-    if getattr(_interrupt, "signum", None) is not None:
+    if interrupts.requested():
         return
-    _interrupt.signum = signum
+    interrupts.request(signum)
     logs.mute_console()
     raise Interrupted(signum)
 
@@ -195,12 +196,16 @@ def hydra_main(cfg: DictConfig) -> None:
             cfg = resume_config(cfg, list(HydraConfig.get().overrides.task))
         run_dir = Path(cfg.run_dir or HydraConfig.get().runtime.output_dir).resolve()
         summary = execute(cfg, run_dir)
-    except (ConfigError, DataError) as err:
-        log.error("error: %s", err)
-        sys.exit(2)
-    except RunFailed as err:
-        log.error("run failed: %s", err)
-        sys.exit(1)
+    except Exception as err:
+        if interrupts.requested():  # what the interrupt broke (Flower re-raises it as its own error)
+            interrupted(cfg, run_dir, interrupts.signal_number() or signal.SIGINT)
+        if isinstance(err, (ConfigError, DataError)):
+            log.error("error: %s", err)
+            sys.exit(2)
+        if isinstance(err, RunFailed):
+            log.error("run failed: %s", err)
+            sys.exit(1)
+        raise
     except KeyboardInterrupt as err:
         interrupted(cfg, run_dir, getattr(err, "signum", signal.SIGINT))
     print(summary_table(summary), flush=True)

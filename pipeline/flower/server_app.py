@@ -21,6 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import interrupts
 from pipeline.errors import DataError, RunFailed
 from pipeline.flower import faults
 from pipeline.flower.context import PUBLIC_CONTEXT_KEY, RUN_DIR_KEY, experiment, with_defaults
@@ -115,9 +116,15 @@ def run_server(grid: Grid, cfg: DictConfig, run_dir: Path, server_context: bytes
             resume=bool(cfg.resume),
             stop_after=fed.stop_after,
         )
+    except Exception:
+        if not interrupts.requested():
+            raise
     finally:
         if bar is not None:
             bar.close()
+    if interrupts.requested():  # the round in flight failed because of it: not a result to present
+        log.info("interrupted: the server writes no summary; the run folder keeps its last checkpoint")
+        return {}
     if strategy.status == "paused":
         log.warning("paused; continue with: python -m pipeline.run resume=%s", run_dir)
     privacy = cfg.privacy

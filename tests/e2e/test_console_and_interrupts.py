@@ -21,6 +21,7 @@ from conftest import ROOT, SMALL, run_pipeline
 from pipeline.engines.deployment import processes_with_environment
 
 pytestmark = pytest.mark.e2e
+RESUME = "saved in {run_dir}; continue with: python -m pipeline.run resume={run_dir}"
 TWO = [*SMALL, "federation.num_hospitals=2", "encryption.colluders=0"]
 NOISE = ("[flwr][DEBUG]", "DEPRECATED FEATURE", "Optimal order", "Secure RNG", "FutureWarning", "Manually terminating")
 
@@ -37,8 +38,18 @@ def test_the_console_shows_our_lines_and_run_log_keeps_the_libraries(tmp_path):
     assert summary["devices"] == {"hospital 0": "cpu", "hospital 1": "cpu"}  # as the hospitals reported it
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_an_interrupt_stops_everything_within_seconds_and_names_the_resume_command(tmp_path, signum, code):
+@pytest.mark.parametrize(
+    "signum, code, after_line, saved",
+    [
+        (signal.SIGINT, 130, "round 1/4", RESUME),
+        (signal.SIGTERM, 143, "round 1/4", RESUME),
+        # while round 1 trains: the failed round is not presented as a result (no stopped_early summary)
+        (signal.SIGINT, 130, "training images", "no round was completed yet"),
+    ],
+)
+def test_an_interrupt_stops_everything_within_seconds_and_names_the_resume_command(
+    tmp_path, signum, code, after_line, saved
+):
     run_dir, tag = tmp_path / "run", f"fedmed-test-{uuid.uuid4().hex}"
     cmd = [sys.executable, "-m", "pipeline.run", f"run_dir={run_dir}", *TWO, "federation.rounds=4"]
     proc = subprocess.Popen(
@@ -55,7 +66,7 @@ def test_an_interrupt_stops_everything_within_seconds_and_names_the_resume_comma
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     deadline = time.monotonic() + 400
-    while not any("round 1/4" in line for line in lines) and proc.poll() is None and time.monotonic() < deadline:
+    while not any(after_line in line for line in lines) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert proc.poll() is None, "".join(lines)[-3000:]
 
@@ -66,13 +77,13 @@ def test_an_interrupt_stops_everything_within_seconds_and_names_the_resume_comma
     reader.join(timeout=5)
 
     output = "".join(lines)
-    after = output[output.index("round 1/4") :]
+    after = output[output.index(after_line) :]
     assert proc.returncode == code and took < 15, (took, output[-3000:])
-    assert [line for line in after.splitlines() if "python -m pipeline.run resume=" in line] == [
-        next(line for line in after.splitlines() if "interrupted" in line)
-    ]
-    assert f"saved in {run_dir}; continue with: python -m pipeline.run resume={run_dir}" in after
+    interrupted = [line for line in after.splitlines() if "interrupted" in line]
+    assert len(interrupted) == 1 and saved.format(run_dir=run_dir) in interrupted[0], after
     assert "Traceback" not in output and len(after.strip().splitlines()) <= 3, after
     time.sleep(1)
     assert processes_with_environment(tag) == []  # no Ray process (or any other) of the run is left
-    assert json.loads((run_dir / "checkpoint.json").read_text())["completed_round"] >= 1
+    assert not (run_dir / "summary.json").exists()  # an interrupted run presents no result
+    if after_line == "round 1/4":
+        assert json.loads((run_dir / "checkpoint.json").read_text())["completed_round"] >= 1
