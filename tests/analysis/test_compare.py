@@ -236,6 +236,7 @@ def test_differing_keys_finds_nested_changes_and_ignores_paths_and_hydra():
             "paths.hospitals": "/root/hospitals",
             "data.root": "/mnt/data",
             "hydra.job.name": "x",
+            "log.level": "debug",  # console verbosity, not a setting of the experiment
             "privacy.epsilon": 8,  # int 8 == 8.0
         }
     )

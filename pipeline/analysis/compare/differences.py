@@ -13,7 +13,7 @@ from pipeline.config.paths import is_path_key
 from pipeline.config.tree import flatten
 
 # Config keys that never count as a difference between runs, besides paths (pipeline.config.paths).
-IGNORED_PREFIXES = ("hydra.", "deployment.")
+IGNORED_PREFIXES = ("hydra.", "deployment.", "log.")  # log.*: console verbosity never changes a result
 IGNORED_KEYS = ("study_id",)  # new for every run: naming it would make every pair of runs differ
 
 
