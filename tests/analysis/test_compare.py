@@ -615,3 +615,16 @@ def test_privacy_utility_ticks_only_the_epsilons_drawn(tmp_path):
     assert ax.get_ylim() == (0.5, 1.0)
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["no DP", "DP-SGD"]
     matplotlib.pyplot.close(fig)
+
+
+def test_cost_plot_letters_bars_whose_settings_are_too_long_and_writes_the_key_below(tmp_path):
+    from pipeline.analysis.compare.plots import cost_figure
+
+    long = {"model._target_": "models.builders.densenet121", "train.optimizer.lr": 0.0001}
+    c = hand_made_comparison(tmp_path, ("a", config(), {}), ("b", config(**long), {}))
+    fig = cost_figure(c)
+
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["A", "B"]
+    key = fig.texts[0].get_text()
+    assert "A: model._target_=models.builders.cnn" in key and "B: model._target_=models.builders.densenet121" in key
+    matplotlib.pyplot.close(fig)

@@ -28,9 +28,22 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, path: Path) -> Path:
     plt = _pyplot()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # legends below the axes stay in the picture
     plt.close(fig)
     return path
+
+
+LEGEND_WIDTH = 90  # characters per legend line before a label wraps
+BAR_LABEL_WIDTH = 26  # characters a bar's label line may take before bars get letters and a key below
+
+
+def _legend_below(ax: Any) -> None:
+    """The legend under the axes, long labels wrapped, so that it never hides the curves."""
+    import textwrap
+
+    handles, labels = ax.get_legend_handles_labels()
+    wrapped = [textwrap.fill(label, LEGEND_WIDTH) for label in labels]
+    ax.legend(handles, wrapped, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
 
 
 def val_auc_figure(c: Comparison) -> Any:
@@ -51,7 +64,7 @@ def val_auc_figure(c: Comparison) -> Any:
     ax.set_title("Validation AUC per round")
     ax.grid(alpha=0.3)
     if ax.lines:
-        ax.legend(fontsize=7, loc="best")
+        _legend_below(ax)
     else:
         ax.text(0.5, 0.5, "no per-round metrics (metrics.csv)", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
@@ -116,10 +129,11 @@ def privacy_utility_figure(c: Comparison) -> Any:
     if series:
         from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullLocator
 
-        ticks = sorted({round(x, 2) for x in spent if x > 0})
+        ticks = sorted({round(x, 1) for x in spent if x > 0})  # epsilon to 0.1: close values share a tick
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlim(min(ticks) / 1.25, max(ticks) * 1.25)  # every tick inside, also when all epsilons are close
     else:
         ax.set_xlim(0.5, 20)
         ax.text(0.5, 0.5, "no DP runs with test AUC", ha="center", va="center", transform=ax.transAxes)
@@ -129,7 +143,7 @@ def privacy_utility_figure(c: Comparison) -> Any:
     ax.set_title("Privacy-utility trade-off")
     ax.grid(alpha=0.3, which="both")
     if series or references:
-        ax.legend(fontsize=7, loc="best")
+        _legend_below(ax)
     fig.tight_layout()
     return fig
 
@@ -158,6 +172,14 @@ def cost_figure(c: Comparison) -> Any:
 
     fig, (ax_t, ax_b) = plt.subplots(1, 2, figsize=(max(9, 1.4 * len(c.runs) + 5), 5))
     labels = bar_labels(c)
+    if any(len(line) > BAR_LABEL_WIDTH for label in labels for line in label.splitlines()) or any(
+        label.count("\n") > 2 for label in labels
+    ):  # too long to sit under a bar: letters there, the settings written out below the figure
+        import textwrap
+
+        key = [textwrap.fill(f"{chr(65 + i)}: {label.replace(chr(10), ', ')}", 150) for i, label in enumerate(labels)]
+        fig.text(0.01, -0.02, "\n".join(key), fontsize=7, va="top", ha="left")
+        labels = [chr(65 + i) for i in range(len(labels))]
     xs = list(range(len(labels)))
     colour = {False: "tab:blue", True: "tab:orange"}
     enc = [is_encrypted(r) for r in c.runs]
