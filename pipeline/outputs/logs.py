@@ -110,6 +110,10 @@ class ConsoleFormatter(logging.Formatter):
         return f"{head} {rest}"
 
 
+# Libraries whose DEBUG lines say nothing about the run: kept out of run.log too.
+CHATTY = ("matplotlib", "PIL")
+
+
 def setup_logging(level: str) -> None:
     """Console at ``level`` (warning | info | debug), every file handler (Hydra's run.log) at DEBUG."""
     logging.captureWarnings(True)
@@ -126,6 +130,8 @@ def setup_logging(level: str) -> None:
     console.setFormatter(ConsoleFormatter())
     console.addFilter(ConsoleFilter(level))
     root.addHandler(console)
+    for name in CHATTY:  # their DEBUG lines (font lookups, PNG chunks) would bury run.log's useful ones
+        logging.getLogger(name).setLevel(logging.INFO)
     _quiet_flower()
     os.environ[LEVEL_ENV] = level
 

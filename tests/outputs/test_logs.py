@@ -73,6 +73,7 @@ def test_run_log_keeps_the_library_lines_the_console_leaves_out(root_logging, ca
     logging.getLogger("fedmed").info("round 1/2 | 3 hospitals")
     logging.getLogger("fedmed").warning("a hospital was dropped")
     logging.getLogger("flwr").error("ClientApp raised an exception")
+    logging.getLogger("matplotlib.font_manager").debug("findfont: score(FontEntry(...))")
     logs.mute_console()
     logging.getLogger("fedmed").info("during the shutdown")
     print("ray's shutdown chatter")
@@ -87,6 +88,7 @@ def test_run_log_keeps_the_library_lines_the_console_leaves_out(root_logging, ca
     assert "Pre-registering" not in out and "shutdown" not in out and len(out.splitlines()) == 3
     assert "[flwr][DEBUG] - Pre-registering run with id 1" in kept and "round 1/2" in kept
     assert "during the shutdown" in kept and "ray's shutdown chatter" in kept
+    assert "findfont" not in kept  # a library's chatter that says nothing about the run
 
 
 def test_a_hospital_process_silences_library_warnings_but_not_its_own_and_leaves_ctrl_c_to_the_driver():
