@@ -106,7 +106,16 @@ def preflight(cfg: DictConfig) -> None:
 
 
 def execute(cfg: DictConfig, run_dir: Path) -> dict:
-    """Validate, check, run; return the summary. Raises ConfigError / DataError / RunFailed."""
+    """Validate, check, run; return the summary. Raises ConfigError / DataError / RunFailed.
+
+    summary.json ``timing`` says where the run's seconds went: ``start`` (Python, imports, config),
+    ``preflight``, the engine's parts (key generation, Ray, the size query, the rounds and their
+    phases, the consortium's test) and ``total``.
+    """
+    from pipeline.outputs.timing import Stopwatch, process_seconds
+
+    watch = Stopwatch()
+    watch.add("start", process_seconds())
     cfg = validate(cfg)
     if not cfg.get("study_id"):
         cfg.study_id = new_study_id()
@@ -118,7 +127,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     # a resumed run rewrites the same config (plus settings newer than the run, see resume_config)
     write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
-    preflight(cfg)
+    with watch.phase("preflight"):
+        preflight(cfg)
     if cfg.federation.mode == "federated" and cfg.get("deployment") is not None:
         from pipeline.engines.deployment import run_local_deployment
 
@@ -131,6 +141,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
         from pipeline.engines.baselines import run_baseline
 
         summary = run_baseline(cfg, run_dir)
+    summary["timing"] = {**watch.seconds, **summary.get("timing", {}), "total": process_seconds()}
     return record_provenance(cfg, run_dir, summary)
 
 

@@ -4,9 +4,11 @@
 
 Each row is one real run of ``python -m pipeline.run`` (DP-SGD + CKKS, default CNN unless
 ``--model``): mean seconds per round (metrics.csv) and the peak resident memory of the whole
-simulation (the run's process tree, sampled from /proc every 0.2 s). ``--tax`` adds the privacy
-tax: the default 3-hospital private run next to its plaintext, non-DP twin (same data, model,
-rounds, seed), wall time of each and their ratio. Prints Markdown for docs/BENCHMARKS.md.
+simulation (the run's process tree, sampled from /proc every 0.2 s), and how far the round's
+``phase_*`` columns are from adding up to its ``seconds``. ``--tax`` adds the privacy tax: the
+default 3-hospital private run and its plaintext, non-DP twin (same data, model, rounds, seed),
+run alternately ``--pairs`` times; it reports each pair's ratio, their median and spread, and
+where a round's seconds go in each. Prints Markdown for docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,6 +25,7 @@ import time
 from pathlib import Path
 
 from pipeline.outputs.recorder import METRICS_FILE, read_metrics
+from pipeline.outputs.timing import PHASE_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -79,8 +83,12 @@ def measured_run(overrides: list[str]) -> dict:
             raise SystemExit(f"run failed ({' '.join(overrides)}): {err.strip().splitlines()[-1:]}")
         rounds = read_metrics(run_dir / METRICS_FILE)
         summary = json.loads((run_dir / "summary.json").read_text())
+    phases = {c: sum(float(r[c] or 0.0) for r in rounds) / len(rounds) for c in PHASE_COLUMNS}
+    gap = max(abs(sum(float(r[c] or 0.0) for c in PHASE_COLUMNS) - float(r["seconds"])) for r in rounds)
     return {
         "wall": wall,
+        "phases": phases,
+        "phase_gap": gap,
         "round_s": sum(float(r["seconds"]) for r in rounds) / len(rounds),
         "contributed": min(int(r["hospitals"]) for r in rounds),
         "dropped": sum(int(r["dropped"]) for r in rounds),
@@ -96,12 +104,14 @@ def main() -> None:
     p.add_argument("--model", default="cnn")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--tax", action="store_true", help="also measure the privacy tax (3 hospitals, default rounds)")
+    p.add_argument("--pairs", type=int, default=3, help="--tax: private/plaintext pairs, run alternately")
     a = p.parse_args()
     base = [f"data.root={a.data_root}", f"model={a.model}"]
     print(
-        "| model | hospitals | contributed (min over rounds) | dropped | s/round | s/round/hospital | peak RSS (GiB) |"
+        "| model | hospitals | contributed (min over rounds) | dropped | s/round | s/round/hospital | peak RSS (GiB) "
+        "| phases off by (s) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for k in a.hospitals:
         extra = [f"federation.num_hospitals={k}", f"federation.min_hospitals={k}", f"federation.rounds={a.rounds}"]
         extra.append("train.local_epochs=1")
@@ -110,19 +120,43 @@ def main() -> None:
         r = measured_run(base + extra)
         print(
             f"| {a.model} | {k} | {r['contributed']} | {r['dropped']} | {r['round_s']:.1f} | {r['round_s'] / k:.2f} "
-            f"| {r['peak_gib']:.2f} |",
+            f"| {r['peak_gib']:.2f} | {r['phase_gap']:.4f} |",
             flush=True,
         )
     if a.tax:
+        privacy_tax(base, a.pairs)
+
+
+def privacy_tax(base: list[str], pairs: int) -> None:
+    """The default private run and its plaintext twin, alternately ``pairs`` times: ratios, median, spread."""
+    runs: list[tuple[dict, dict]] = []
+    print("\n| pair | DP + CKKS wall s | twin wall s | wall ratio | s/round | twin s/round | per-round ratio | AUC |")
+    print("|---|---|---|---|---|---|---|---|")
+    for i in range(pairs):
         private = measured_run(base)
         plain = measured_run(base + ["privacy=none", "encryption=none"])
-        print("\n| run (3 hospitals, default rounds) | wall s | s/round | test AUC |\n|---|---|---|---|")
-        for name, r in (("DP + CKKS (default)", private), ("plaintext, no DP (twin)", plain)):
-            print(f"| {name} | {r['wall']:.1f} | {r['round_s']:.1f} | {r['auc']:.4f} |")
+        runs.append((private, plain))
         print(
-            f"\nprivacy tax (wall time ratio): {private['wall'] / plain['wall']:.2f}x; "
-            f"per round: {private['round_s'] / plain['round_s']:.2f}x"
+            f"| {i + 1} | {private['wall']:.1f} | {plain['wall']:.1f} | {private['wall'] / plain['wall']:.2f} "
+            f"| {private['round_s']:.2f} | {plain['round_s']:.2f} | {private['round_s'] / plain['round_s']:.2f} "
+            f"| {private['auc']:.3f} / {plain['auc']:.3f} |",
+            flush=True,
         )
+    wall = [p["wall"] / q["wall"] for p, q in runs]
+    per_round = [p["round_s"] / q["round_s"] for p, q in runs]
+    print(
+        f"\nprivacy tax, median of {pairs} alternating pairs: {statistics.median(wall):.2f}x wall "
+        f"(spread {min(wall):.2f}-{max(wall):.2f}), {statistics.median(per_round):.2f}x per round "
+        f"(spread {min(per_round):.2f}-{max(per_round):.2f}); private run wall median "
+        f"{statistics.median(p['wall'] for p, _ in runs):.1f} s"
+    )
+    print("\n| phase (mean s per round) | DP + CKKS | plaintext twin |\n|---|---|---|")
+    for c in PHASE_COLUMNS:
+        mine = statistics.mean(p["phases"][c] for p, _ in runs)
+        twin = statistics.mean(q["phases"][c] for _, q in runs)
+        print(f"| {c.removeprefix('phase_')} | {mine:.2f} | {twin:.2f} |")
+    gap = max(r["phase_gap"] for pair in runs for r in pair)
+    print(f"\nlargest |sum of phase columns - seconds| over all rounds: {gap:.4f} s")
 
 
 if __name__ == "__main__":

@@ -80,6 +80,13 @@ MUTATIONS = (
         ("tests/privacy/test_privacy.py", "tests/privacy/test_noise.py", "tests/flower/test_client_app.py"),
     ),
     Mutation(
+        "cached noise multiplier used unverified",
+        "pipeline/privacy/plan.py",
+        "        if epsilon - EPSILON_TOLERANCE <= spent <= epsilon:\n",
+        "        if True:\n",
+        ("tests/privacy/test_plan.py",),
+    ),
+    Mutation(
         "budget never refused",
         "pipeline/privacy/ledger.py",
         "return self.epsilon_after_round(plan) <= plan.target_epsilon * (1 + BUDGET_SLACK)",

@@ -32,6 +32,7 @@ from pipeline.errors import RunFailed
 from pipeline.flower import messages as M
 from pipeline.outputs.console import progress_line
 from pipeline.outputs.recorder import PRIVACY_FILE, RunRecorder, write_json
+from pipeline.outputs.timing import ExchangeTime, round_phases, run_phases
 from pipeline.secagg import aggregates
 from pipeline.secagg.aggregates import Aggregate
 from pipeline.secagg.params import layout, num_chunks, share_threshold, slots_per_chunk
@@ -130,6 +131,8 @@ class SecureFedAvg(Strategy):
         self._refusals: list[str] = []
         self.attempt = 0  # of the current round: a round abandoned by the checks is retried afresh
         self.progress: ProgressHook | None = None
+        self.exchanges: list[ExchangeTime] = []  # of the current round (and the size query before round 1)
+        self.query_seconds = 0.0
 
     # --- Flower's hooks --------------------------------------------------------------------
     def summary(self) -> None:
@@ -359,7 +362,9 @@ class SecureFedAvg(Strategy):
         train_config = train_config or ConfigRecord()
         evaluate_config = evaluate_config or ConfigRecord()
         result = Result()
+        t0 = time.perf_counter()
         self.query(grid, timeout)
+        self.query_seconds = time.perf_counter() - t0
         first, arrays = 1, ArrayRecord()
         if resume:
             if recorder is None:
@@ -368,7 +373,8 @@ class SecureFedAvg(Strategy):
         rnd = first
         while rnd <= num_rounds:
             t0 = time.perf_counter()
-            self._refusals = []
+            self._refusals, self.exchanges = [], []
+            server_evaluate = 0.0
             messages = self.configure_train(rnd, arrays, train_config, grid)
             self._exchange(grid, messages, timeout, self.add_train_reply, phase="train")
             agg_arrays, train_metrics = self.aggregate_train(rnd, [])
@@ -407,11 +413,14 @@ class SecureFedAvg(Strategy):
             row["bytes_down"] += agg.payload.nbytes
             row["epsilon_max"] = max((s.epsilon for s in self.sites.values()), default=0.0)  # evaluation reports too
             if evaluate_fn is not None:
+                t_eval = time.perf_counter()
                 server_metrics = evaluate_fn(rnd, agg_arrays)
+                server_evaluate = time.perf_counter() - t_eval
                 if server_metrics is not None:
                     result.evaluate_metrics_serverapp[rnd] = server_metrics
                     row.update(dict(server_metrics))
             row["seconds"] = time.perf_counter() - t0
+            row.update(round_phases(row["seconds"], self.exchanges, row["aggregate_seconds"], server_evaluate))
             self.rows.append(row)
             if recorder is not None:
                 recorder.add_round(row)
@@ -516,6 +525,7 @@ class SecureFedAvg(Strategy):
             "last_aggregate_round": int(rows[-1]["round"]) if rows else 0,
             "server_optimizer": self.server_optimizer.spec(),
             "devices": {f"hospital {s.hospital}": s.device for s in sorted(self.sites.values(), key=_hospital)},
+            "timing": run_phases(self.query_seconds, rows),
         }
 
     # --- helpers ---------------------------------------------------------------------------
@@ -601,6 +611,7 @@ class SecureFedAvg(Strategy):
         messages = list(messages)
         rnd = self._tally.round if self._tally is not None else 0
         self._report(rnd, phase, 0, len(messages))
+        started = time.perf_counter()
         ids = grid.push_messages(messages)
         pending = {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True)}
         replies: list[Message] = []
@@ -618,6 +629,10 @@ class SecureFedAvg(Strategy):
                 time.sleep(POLL_SECONDS)
         for node in pending.values():
             log.warning("%s did not reply within %gs; carrying on without it", self._name(node), timeout)
+        last = replies[-1] if replies else None
+        critical = dict(last.content[M.TIMING]) if last and not last.has_error() and M.TIMING in last.content else {}
+        self.exchanges.append(ExchangeTime(time.perf_counter() - started, critical))
+        log.debug("round %d %s exchange: %.2fs, last reply's handler %s", rnd, phase, self.exchanges[-1].wall, critical)
         return replies
 
     def _report(self, rnd: int, phase: str, done: int, total: int) -> None:

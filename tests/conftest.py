@@ -6,14 +6,21 @@ same name, so a test can use either form.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import compose
+from pipeline.privacy.plan import CACHE_ENV
+
+# The noise search's file cache (pipeline.privacy.plan): one per test session, shared by the runs it
+# starts, never the user's own.
+os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="fedmed-test-cache-")
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"

@@ -39,6 +39,7 @@ from pipeline.flower.context import (
 )
 from pipeline.outputs.logs import hospital_runtime_env
 from pipeline.outputs.recorder import SUMMARY_FILE
+from pipeline.outputs.timing import Stopwatch
 from pipeline.secagg.params import ROSTER_FILE, SECRET_FILE, SERVER_FILE, SIGNING_DIR
 
 log = logging.getLogger("fedmed")
@@ -91,8 +92,9 @@ def stop_tagged(tag: str, grace: float = 3.0) -> None:
 
 
 @contextlib.contextmanager
-def ray_session() -> Iterator[None]:
-    """Ray started here (Flower's backend then uses it) and always shut down, interrupted or not.
+def ray_session(watch: Stopwatch | None = None) -> Iterator[None]:
+    """Ray started here (Flower's backend then uses it) and always shut down, interrupted or not;
+    ``watch`` (if given) times the start (``ray_start``) and the shutdown (``ray_stop``).
 
     Ray's ``init`` replaces the driver's SIGTERM handler with one that exits without a word; ours
     (an interrupt that stops everything and names the resume command) is put back. Ray workers
@@ -107,17 +109,20 @@ def ray_session() -> Iterator[None]:
     ours = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     # the workers import this project by sys.path, as Flower's own Ray start does
     pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
-    ray.init(
-        include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
-        runtime_env=hospital_runtime_env(pythonpath),
-    )  # fmt: skip
+    watch = watch if watch is not None else Stopwatch()
+    with watch.phase("ray_start"):
+        ray.init(
+            include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
+            runtime_env=hospital_runtime_env(pythonpath),
+        )  # fmt: skip
     for signum, handler in ours.items():
         signal.signal(signum, handler)
     try:
         yield
     finally:
-        ray.shutdown()
-        stop_tagged(tag)
+        with watch.phase("ray_stop"):
+            ray.shutdown()
+            stop_tagged(tag)
         del os.environ[RUN_TAG]
 
 
@@ -177,21 +182,25 @@ def run_federated(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.privacy.max_lifetime_epsilon is not None:
         node_config[MAX_LIFETIME_KEY] = float(cfg.privacy.max_lifetime_epsilon)
     secret = None
+    watch = Stopwatch()
     if cfg.encryption.enabled:
-        secret, server = make_ckks_keys(cfg, private)
+        with watch.phase("keygen"):
+            secret, server = make_ckks_keys(cfg, private)
         apps_config[PUBLIC_CONTEXT_KEY] = str(server)
         node_config[SECRET_CONTEXT_KEY] = str(secret)
         # each simulated hospital reads its own signing key from the folder; the roster is public
         node_config[SIGNING_DIR_KEY] = str(private / SIGNING_DIR)
         node_config[ROSTER_KEY] = str(private / ROSTER_FILE)
-    with ray_session():
+    with ray_session(watch), watch.phase("simulation"):
         run_simulation(
             server_app=server_app.make_app(apps_config),
             client_app=client_app.make_app(apps_config, node_config),
             num_supernodes=int(cfg.federation.num_hospitals),
             backend_config=backend_config(cfg),
         )
-    summary = finish(cfg, run_dir, secret)
+    with watch.phase("consortium_test"):
+        summary = finish(cfg, run_dir, secret)
+    summary.setdefault("timing", {}).update(watch.seconds)
     if summary["status"] != "paused":
         shutil.rmtree(private, ignore_errors=True)
     return summary

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -37,10 +38,11 @@ from pipeline.flower.context import (
     with_defaults,
 )
 from pipeline.flower.hospital_state import HospitalState
+from pipeline.outputs.timing import Stopwatch
 from pipeline.privacy.ledger import BUDGET_SLACK, PrivacyLedger
 from pipeline.privacy.lifetime import LifetimeLedger, lifetime_file
 from pipeline.privacy.plan import DPPlan, plan_for_run
-from pipeline.privacy.randomness import REPRODUCIBLE, round_randomness
+from pipeline.privacy.randomness import REPRODUCIBLE, MechanismRandomness, round_randomness
 from pipeline.secagg.masks import round_check
 from pipeline.secagg.params import share_threshold
 from pipeline.secagg.wire import Payload
@@ -49,6 +51,9 @@ from pipeline.task.clinical import validation_metrics
 from pipeline.task.model import build_model, get_flat, set_flat
 from pipeline.task.sites import HospitalData, hospital_data, own_hospital_data
 from strategies.server_optimizers import ServerOptimizer
+
+if TYPE_CHECKING:  # the key handling loads only in the hospital's process (see HospitalClient.codec)
+    from pipeline.secagg.protocol import RoundMasks
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +65,9 @@ class OutOfSync(RuntimeError):
 class HospitalClient:
     """Everything one hospital does for one message; its state lives in its own state file."""
 
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, watch: Stopwatch | None = None) -> None:
         self.context = context
+        self.watch = watch if watch is not None else Stopwatch()  # this message's phases (sent back)
         self.cfg: DictConfig = experiment(context)
         self.id = hospital_id(context)
         check_targets(self.cfg, f"hospital {self.id}")  # before anything is built from the server's config
@@ -240,7 +246,8 @@ class HospitalClient:
         """Catch up with the last aggregate, train one round, reply with the encoded weighted update."""
         conf = content[M.CONFIG]
         rnd = int(conf[M.ROUND])
-        self.sync(content)
+        with self.watch.phase("decode"):
+            self.sync(content)
         if self.model_round != rnd - 1:
             raise OutOfSync(f"holds the model of round {self.model_round}, round {rnd} needs round {rnd - 1}")
         plan = plan_for_run(self.cfg, self.data.num_train)
@@ -265,9 +272,11 @@ class HospitalClient:
         randomness = round_randomness(self.cfg.privacy, int(self.cfg.seed), self.id, rnd, attempt)
         epochs = int(self.cfg.train.local_epochs)
         mu = float(conf.get(M.PROXIMAL_MU, 0.0))
-        stats = training.train_round(
-            self.cfg, model, self.data.train, epochs, self.device, plan, ledger, seed, mu, randomness
-        )
+        with self.watch.phase("train"):
+            stats = training.train_round(
+                self.cfg, model, self.data.train, epochs, self.device, plan, ledger, seed, mu, randomness
+            )
+        self.watch.move("train", "dp", stats.get("dp_seconds", 0.0))
         if ledger is not None:  # charged as soon as it trained, whatever happens to the update next
             self.state.ledger = ledger.to_json()
             self.state.save()
@@ -278,19 +287,8 @@ class HospitalClient:
         weight = self.data.num_train / float(conf[M.N_REF])
         update = weight * change
         t0 = time.perf_counter()
-        codec = self.codec()
-        # stochastic rounding: seeded only in reproducible runs, fresh OS entropy otherwise
-        reproducible = randomness.kind == REPRODUCIBLE
-        round_masks = None
-        if self.cfg.encryption.enabled:
-            protocol = self.protocol()
-            keys = protocol.pairwise_keys(_adverts(conf))
-            round_masks = protocol.round_masks(rnd, attempt, keys)
-            self._keep(protocol)
-        rng = np.random.default_rng(seed if reproducible else None)
-        payload = codec.encode(
-            update, rng, round_masks.masking if round_masks else None, round_check(self.study, rnd, attempt)
-        )
+        with self.watch.phase("encode"):
+            payload, round_masks = self._encode(update, conf, seed, randomness)
         encode_seconds = time.perf_counter() - t0
         from pipeline.secagg.codec import clipped_fraction
 
@@ -318,6 +316,23 @@ class HospitalClient:
         payload.put(content_out)
         return content_out
 
+    def _encode(
+        self, update: np.ndarray, conf: ConfigRecord, seed: int, randomness: MechanismRandomness
+    ) -> tuple[Payload, RoundMasks | None]:
+        """The round's payload of ``update`` (masked and encrypted when encryption is on) and its masks."""
+        rnd, attempt = int(conf[M.ROUND]), int(conf.get(M.ATTEMPT, 0))
+        codec = self.codec()
+        round_masks = None
+        if self.cfg.encryption.enabled:
+            protocol = self.protocol()
+            keys = protocol.pairwise_keys(_adverts(conf))
+            round_masks = protocol.round_masks(rnd, attempt, keys)
+            self._keep(protocol)
+        # stochastic rounding: seeded only in reproducible runs, fresh OS entropy otherwise
+        rng = np.random.default_rng(seed if randomness.kind == REPRODUCIBLE else None)
+        masking = round_masks.masking if round_masks else None
+        return codec.encode(update, rng, masking, round_check(self.study, rnd, attempt)), round_masks
+
     def _dp_report(self, plan: DPPlan, ledger: PrivacyLedger, epsilon: float, randomness: str) -> dict:
         """What privacy.json records for this hospital: enough to recompute epsilon with any accountant."""
         return {
@@ -341,18 +356,8 @@ class HospitalClient:
         """Reveal what removes this round's masks (see :mod:`pipeline.secagg.protocol`) and check one reply's key."""
         conf = content[M.CONFIG]
         rnd, attempt = int(conf[M.ROUND]), int(conf.get(M.ATTEMPT, 0))
-        protocol = self.protocol()
-        keys = protocol.pairwise_keys(_adverts(conf))
-        shares_from = dict(zip(list(conf[M.SHARES_FROM]), list(conf[M.SHARES]), strict=True))
-        try:
-            self_shares, pair = protocol.unmask(
-                rnd, attempt, list(conf[M.SURVIVORS]), list(conf[M.DROPPED]), shares_from, keys
-            )
-        finally:
-            self._keep(protocol)  # the answer is on record before it leaves
-        verdict = ""
-        if M.VERIFY_CHUNK in conf:
-            verdict = self.codec().key_check(bytes(conf[M.VERIFY_CHUNK]), int(conf[M.VERIFY_SLOT])) or ""
+        with self.watch.phase("decode"):  # removing the sum's masks is part of decoding it
+            self_shares, pair, verdict = self._unmask(conf, rnd, attempt)
         reply = {
             M.ROUND: rnd,
             M.ATTEMPT: attempt,
@@ -365,13 +370,31 @@ class HospitalClient:
         }
         return RecordDict({M.CONFIG: ConfigRecord(reply)})
 
+    def _unmask(self, conf: ConfigRecord, rnd: int, attempt: int) -> tuple[dict, dict, str]:
+        """Its shares of the survivors' self-mask seeds, its pair seeds with the dropped, the key verdict."""
+        protocol = self.protocol()
+        keys = protocol.pairwise_keys(_adverts(conf))
+        shares_from = dict(zip(list(conf[M.SHARES_FROM]), list(conf[M.SHARES]), strict=True))
+        try:
+            self_shares, pair = protocol.unmask(
+                rnd, attempt, list(conf[M.SURVIVORS]), list(conf[M.DROPPED]), shares_from, keys
+            )
+        finally:
+            self._keep(protocol)  # the answer is on record before it leaves
+        verdict = ""
+        if M.VERIFY_CHUNK in conf:
+            verdict = self.codec().key_check(bytes(conf[M.VERIFY_CHUNK]), int(conf[M.VERIFY_SLOT])) or ""
+        return self_shares, pair, verdict
+
     def evaluate(self, content: RecordDict) -> RecordDict:
         """Apply the new aggregate and report validation metrics on the local held-out share (and,
         for binary data, the Youden threshold there: the test split's operating point)."""
-        decode_seconds = self.sync(content)
-        model = self.new_model()
-        set_flat(model, self.global_weights())
-        m = validation_metrics(model, self.data.val, self.device)
+        with self.watch.phase("decode"):
+            decode_seconds = self.sync(content)
+        with self.watch.phase("evaluate"):
+            model = self.new_model()
+            set_flat(model, self.global_weights())
+            m = validation_metrics(model, self.data.val, self.device)
         plan = plan_for_run(self.cfg, self.data.num_train)
         # the spending so far, also when a train reply of this hospital was lost or dropped
         epsilon = self.ledger().epsilon(plan.delta) if plan is not None else 0.0
@@ -407,8 +430,10 @@ def _reply(msg: Message, context: Context, handler: str) -> Message:
     from pipeline.secagg.codec import AggregateRefused
     from pipeline.secagg.protocol import ProtocolRefused
 
+    watch = Stopwatch()
     try:
-        client = HospitalClient(context)
+        with watch.phase("setup"):
+            client = HospitalClient(context, watch)
         content = client.query() if handler == M.QUERY else getattr(client, handler)(msg.content)
     except OutOfSync as err:
         content = RecordDict({M.CONFIG: ConfigRecord({M.PROBLEM: f"out of sync: {err}"})})
@@ -418,6 +443,7 @@ def _reply(msg: Message, context: Context, handler: str) -> Message:
         content = RecordDict({M.CONFIG: ConfigRecord({M.PROBLEM: problem, M.REFUSED: True})})
     except (ProtocolRefused, ConfigError) as err:
         content = RecordDict({M.CONFIG: ConfigRecord({M.PROBLEM: str(err)})})
+    content[M.TIMING] = MetricRecord(watch.report())
     return Message(content=content, reply_to=msg)
 
 

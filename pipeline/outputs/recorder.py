@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.outputs.atomic import write_atomic
+from pipeline.outputs.timing import PHASE_COLUMNS
 
 COLUMNS = [
     "round",
@@ -36,6 +37,7 @@ COLUMNS = [
     "decode_seconds",
     "clipped_fraction",
     "dropped",
+    *PHASE_COLUMNS,  # the round's seconds split by phase (pipeline.outputs.timing); they add up to ``seconds``
 ]
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"

@@ -20,6 +20,7 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.outputs.timing import Stopwatch
 from pipeline.privacy.bk_clipping import make_private_bookkeeping
 from pipeline.privacy.ledger import PrivacyLedger
 from pipeline.privacy.plan import DPPlan
@@ -43,6 +44,12 @@ class PrivateTraining:
     loader: DataLoader
     engine: PrivacyEngine
     randomness: MechanismRandomness
+    watch: Stopwatch  # phase ``dp``: the wrapping, per-sample clipping (book-keeping) and the noisy pre-step
+
+    @property
+    def dp_seconds(self) -> float:
+        """Seconds spent so far in the parts of training only DP-SGD has."""
+        return self.watch.seconds.get("dp", 0.0)
 
 
 def make_private(
@@ -70,6 +77,28 @@ def make_private(
         criterion: the task's loss (cross-entropy by default); its per-sample form
             (``reduction="none"``) must give one loss per sample, shape [batch].
     """
+    watch = Stopwatch()
+    with watch.phase("dp"):
+        private = _wrap(model, optimizer, dataset, batch_size, plan, ledger, privacy, randomness, criterion, watch)
+    # Opacus's optimizer step = pre_step (clip/accumulate, noise, scale, accounting) + the plain step
+    private.optimizer.pre_step = watch.timed("dp", private.optimizer.pre_step)
+    if hasattr(private.model, "clip_gradients"):  # book-keeping: the clipping after each backward pass
+        private.model.clip_gradients = watch.timed("dp", private.model.clip_gradients)
+    return private
+
+
+def _wrap(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    dataset: Dataset,
+    batch_size: int,
+    plan: DPPlan,
+    ledger: PrivacyLedger,
+    privacy: DictConfig,
+    randomness: MechanismRandomness | None,
+    criterion: nn.Module | None,
+    watch: Stopwatch,
+) -> PrivateTraining:
     criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
     if randomness is None:
         kind = randomness_kind(privacy)
@@ -104,4 +133,4 @@ def make_private(
         else:
             module, opt, dp_loader = wrapped
     draw_noise_from(opt, randomness)
-    return PrivateTraining(module, opt, criterion, dp_loader, engine, randomness)
+    return PrivateTraining(module, opt, criterion, dp_loader, engine, randomness, watch)

@@ -7,12 +7,12 @@ that would take epsilon above the target.
 
 from __future__ import annotations
 
-import copy
 import json
 
 from opacus.accountants import create_accountant
 
 from pipeline.errors import ConfigError
+from pipeline.privacy.accounting import history_epsilon, known_epsilons, remember
 from pipeline.privacy.plan import DPPlan
 
 # Accept an epsilon this far above target as "within budget" (floating-point slack only).
@@ -34,10 +34,16 @@ class PrivacyLedger:
         state = json.loads(text)
         if state["mechanism"] != accountant:
             raise ConfigError(f"saved privacy state uses accountant {state['mechanism']!r}, config says {accountant!r}")
-        return cls(accountant, state["history"])
+        ledger = cls(accountant, state["history"])
+        for delta, eps in state.get("epsilon", []):  # what this hospital computed for this history
+            remember(ledger.accountant.history, delta, accountant, eps)
+        return ledger
 
     def to_json(self) -> str:
-        return json.dumps({"mechanism": self.accountant.mechanism(), "history": self.accountant.history})
+        """The accountant's history, with the epsilons computed for it so far ([delta, epsilon] pairs)."""
+        mechanism, history = self.accountant.mechanism(), self.accountant.history
+        known = sorted(known_epsilons(history, mechanism).items())
+        return json.dumps({"mechanism": mechanism, "history": history, "epsilon": [list(p) for p in known]})
 
     @property
     def steps(self) -> int:
@@ -45,15 +51,12 @@ class PrivacyLedger:
 
     def epsilon(self, delta: float) -> float:
         """Epsilon spent so far (0 before any step)."""
-        if not self.accountant.history:
-            return 0.0
-        return float(self.accountant.get_epsilon(delta=delta))
+        return history_epsilon(self.accountant.history, delta, self.accountant.mechanism())
 
     def epsilon_after_round(self, plan: DPPlan) -> float:
         """Epsilon this hospital would have spent after one more round of ``plan``."""
-        trial = copy.deepcopy(self.accountant)
-        trial.history.append((plan.noise_multiplier, plan.sample_rate, plan.steps_per_round))
-        return float(trial.get_epsilon(delta=plan.delta))
+        trial = [*self.accountant.history, (plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)]
+        return history_epsilon(trial, plan.delta, self.accountant.mechanism())
 
     def can_afford_round(self, plan: DPPlan) -> bool:
         """False when the next round would take epsilon above the target."""

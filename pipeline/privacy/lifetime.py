@@ -24,9 +24,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from opacus.accountants import create_accountant
-
 from pipeline.outputs.atomic import write_atomic
+from pipeline.privacy.accounting import history_epsilon
 
 FILE_SUFFIX = ".lifetime.json"
 History = list[tuple[float, float, int]]
@@ -43,11 +42,7 @@ def compose_epsilon(history: History, delta: float, accountant: str) -> float:
     for sigma, q, steps in history:  # composition commutes: same mechanism, steps add up (and it is faster)
         if steps > 0:
             merged[(float(sigma), float(q))] = merged.get((float(sigma), float(q)), 0) + int(steps)
-    if not merged:
-        return 0.0
-    acc = create_accountant(accountant)
-    acc.history = [(sigma, q, steps) for (sigma, q), steps in merged.items()]
-    return float(acc.get_epsilon(delta=delta))
+    return history_epsilon([(sigma, q, steps) for (sigma, q), steps in merged.items()], delta, accountant)
 
 
 @dataclass

@@ -488,7 +488,7 @@ class ImageDataset(Dataset):
         self.x = (torch.from_numpy(images).float() / 255.0 - mean) / std
         self.y = _label_tensor(labels)
         self.class_names = class_names
-        self.augment = augmentation(augment, images.ndim - 2, int(images.shape[-1]))
+        self.augment = augmentation(augment, images.ndim - 2)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -551,7 +551,7 @@ class FileDataset(Dataset):
         self.paths = images.paths
         self.y = _label_tensor(labels)
         self.class_names = class_names
-        self.augment = augmentation(augment, images.spatial_dims, images.image_size)
+        self.augment = augmentation(augment, images.spatial_dims)
 
     def __len__(self) -> int:
         return len(self.y)

@@ -19,7 +19,8 @@ from pipeline.flower import client_app
 from pipeline.flower import messages as M
 from pipeline.flower.context import EXPERIMENT_KEY
 from pipeline.flower.server_app import run_server
-from pipeline.outputs.recorder import CONFIG_FILE
+from pipeline.outputs.recorder import CONFIG_FILE, METRICS_FILE, read_metrics
+from pipeline.outputs.timing import PHASE_COLUMNS
 from pipeline.secagg import aggregates, consortium, masks, protocol
 from pipeline.secagg import keys as ckks_keys
 from pipeline.secagg import quantize as packing
@@ -224,3 +225,26 @@ def test_aggregates_refused_in_every_attempt_stop_the_run_with_the_last_good_mod
     assert "refused the aggregate" in summary["stop_reason"]
     assert len(aggregates.load_all(run_dir)) == 1
     assert all(client_app.HospitalClient(c).model_round == 1 for c in contexts)
+
+
+def test_each_round_row_splits_its_seconds_into_phases_that_add_up(tmp_path):
+    # Prepare: DP-SGD on (its own phase), CKKS on
+    cfg, run_dir, grid, _, server_bytes = _federation(tmp_path, "privacy=dpsgd")
+
+    # Execute
+    summary = run_server(grid, cfg, run_dir, server_bytes)
+
+    # Assert: every row's phases add up to its seconds, and the hospitals' work shows where it happened
+    rows = read_metrics(run_dir / METRICS_FILE)
+    assert len(rows) == 2
+    for row in rows:
+        phases = {c: float(row[c]) for c in PHASE_COLUMNS}
+        assert sum(phases.values()) == pytest.approx(float(row["seconds"]), abs=1e-4)
+        for name in ("phase_train", "phase_dp", "phase_encode", "phase_decode", "phase_evaluate"):
+            assert phases[name] > 0, name
+        # the fake grid answers one hospital after another: the others' handlers count as the last one's wait
+        assert phases["phase_send_receive"] > 0 and phases["phase_aggregate"] > 0
+    timing = summary["timing"]
+    assert timing["rounds"] == pytest.approx(sum(float(r["seconds"]) for r in rows))
+    assert timing["query"] > 0
+    assert sum(timing["phases"].values()) == pytest.approx(timing["rounds"], abs=1e-3)
