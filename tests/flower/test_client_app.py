@@ -292,4 +292,3 @@ def test_a_hospital_capped_at_ten_takes_one_epsilon_8_study_and_refuses_a_second
     assert "hospital 0 refuses" in problem and "max-lifetime-epsilon=10" in problem
     left = 10.0 - trained[M.EPSILON]
     assert f"budget left: {left:.3f} of 10" in problem
-
