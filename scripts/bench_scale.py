@@ -66,7 +66,7 @@ def measured_run(overrides: list[str]) -> dict:
             *overrides,
         ]
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         peak = [0]
 
         def sample() -> None:
@@ -76,7 +76,7 @@ def measured_run(overrides: list[str]) -> dict:
 
         watcher = threading.Thread(target=sample, daemon=True)
         watcher.start()
-        _, err = proc.communicate()
+        err, _ = proc.communicate()  # the console (the error line comes last)
         wall = time.perf_counter() - start
         watcher.join()
         if proc.returncode != 0:
@@ -116,7 +116,9 @@ def main() -> None:
         extra = [f"federation.num_hospitals={k}", f"federation.min_hospitals={k}", f"federation.rounds={a.rounds}"]
         extra.append("train.local_epochs=1")
         if k > 10:  # keep 4+ bits per value: fewer, wider fields per slot (see conf/encryption/ckks.yaml)
-            extra += ["encryption.fields_per_slot=4", "encryption.field_bits=10", "encryption.global_scale_bits=14"]
+            per_slot, bits = (4, 10) if k <= 30 else (3, 12)  # over 30: what the config check suggests
+            extra += [f"encryption.fields_per_slot={per_slot}", f"encryption.field_bits={bits}"]
+            extra.append("encryption.global_scale_bits=14")
         r = measured_run(base + extra)
         print(
             f"| {a.model} | {k} | {r['contributed']} | {r['dropped']} | {r['round_s']:.1f} | {r['round_s'] / k:.2f} "
