@@ -11,6 +11,7 @@ step is recorded where the budget is kept.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -78,27 +79,7 @@ def make_private(
             (``reduction="none"``) must give one loss per sample, shape [batch].
     """
     watch = Stopwatch()
-    with watch.phase("dp"):
-        private = _wrap(model, optimizer, dataset, batch_size, plan, ledger, privacy, randomness, criterion, watch)
-    # Opacus's optimizer step = pre_step (clip/accumulate, noise, scale, accounting) + the plain step
-    private.optimizer.pre_step = watch.timed("dp", private.optimizer.pre_step)
-    if hasattr(private.model, "clip_gradients"):  # book-keeping: the clipping after each backward pass
-        private.model.clip_gradients = watch.timed("dp", private.model.clip_gradients)
-    return private
-
-
-def _wrap(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    dataset: Dataset,
-    batch_size: int,
-    plan: DPPlan,
-    ledger: PrivacyLedger,
-    privacy: DictConfig,
-    randomness: MechanismRandomness | None,
-    criterion: nn.Module | None,
-    watch: Stopwatch,
-) -> PrivateTraining:
+    started = time.perf_counter()
     criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
     if randomness is None:
         kind = randomness_kind(privacy)
@@ -133,4 +114,9 @@ def _wrap(
         else:
             module, opt, dp_loader = wrapped
     draw_noise_from(opt, randomness)
+    watch.add("dp", time.perf_counter() - started)  # the wrapping itself
+    # Opacus's optimizer step = pre_step (clip/accumulate, noise, scale, accounting) + the plain step
+    opt.pre_step = watch.timed("dp", opt.pre_step)
+    if hasattr(module, "clip_gradients"):  # book-keeping: the clipping after each backward pass
+        module.clip_gradients = watch.timed("dp", module.clip_gradients)
     return PrivateTraining(module, opt, criterion, dp_loader, engine, randomness, watch)
