@@ -67,10 +67,10 @@ class Stopwatch:
 
         return wrapper
 
-    def report(self, resolution: float = 0.001) -> dict[str, float]:
-        """The phases and the ``total`` since the stopwatch started, rounded to ``resolution`` seconds."""
-        out = {k: round(v / resolution) * resolution for k, v in self.seconds.items()}
-        out[TOTAL] = round((time.perf_counter() - self.started) / resolution) * resolution
+    def report(self, digits: int = 3) -> dict[str, float]:
+        """The phases and the ``total`` since the stopwatch started, in seconds rounded to ``digits`` (1 ms)."""
+        out = {k: round(v, digits) for k, v in self.seconds.items()}
+        out[TOTAL] = round(time.perf_counter() - self.started, digits)
         return out
 
 
