@@ -27,6 +27,7 @@ from pipeline.errors import ConfigError, DataError, RunFailed
 from pipeline.outputs import logs
 from pipeline.outputs.atomic import write_atomic
 from pipeline.outputs.console import close_live_progress, summary_table
+from pipeline.outputs.lock import FolderLock, refuse_if_locked, release_all
 from pipeline.outputs.recorder import CONFIG_FILE
 
 log = logging.getLogger("fedmed")
@@ -108,6 +109,10 @@ def preflight(cfg: DictConfig) -> None:
 def execute(cfg: DictConfig, run_dir: Path) -> dict:
     """Validate, check, run; return the summary. Raises ConfigError / DataError / RunFailed.
 
+    The run folder is locked (:class:`~pipeline.outputs.lock.FolderLock`, ``<run_dir>/.fedmed.lock``)
+    from before its config.yaml is written until the run returns: a second run in the folder of a
+    live one fails with one line naming it (RunFailed) and changes nothing there.
+
     summary.json ``timing`` says where the run's seconds went: ``start`` (Python, imports, config),
     ``preflight``, the engine's parts (key generation, Ray, the size query, the rounds and their
     phases, the consortium's test) and ``total``.
@@ -125,24 +130,31 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
             'config can recompute them; this run is NOT private (summary.json: "private": false)'
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    # a resumed run rewrites the same config (plus settings newer than the run, see resume_config)
-    write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
-    with watch.phase("preflight"):
-        preflight(cfg)
-    if cfg.federation.mode == "federated" and cfg.get("deployment") is not None:
-        from pipeline.engines.deployment import run_local_deployment
+    # the lock comes first: a second run in a live run's folder is refused before it rewrites anything
+    with FolderLock(run_dir):
+        # a resumed run rewrites the same config (plus settings newer than the run, see resume_config)
+        write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
+        with watch.phase("preflight"):
+            preflight(cfg)
+        if cfg.federation.mode == "federated" and cfg.get("deployment") is not None:
+            from pipeline.engines.deployment import run_local_deployment
 
-        summary = run_local_deployment(cfg, run_dir)
-    elif cfg.federation.mode == "federated":
-        from pipeline.engines.simulation import run_federated
+            summary = run_local_deployment(cfg, run_dir)
+        elif cfg.federation.mode == "federated":
+            from pipeline.engines.simulation import run_federated
 
-        summary = run_federated(cfg, run_dir)
-    else:
-        from pipeline.engines.baselines import run_baseline
+            summary = run_federated(cfg, run_dir)
+        else:
+            from pipeline.engines.baselines import run_baseline
 
-        summary = run_baseline(cfg, run_dir)
-    summary["timing"] = {**watch.seconds, **summary.get("timing", {}), "total": process_seconds()}
-    return record_provenance(cfg, run_dir, summary)
+            summary = run_baseline(cfg, run_dir)
+        summary["timing"] = {**watch.seconds, **summary.get("timing", {}), "total": process_seconds()}
+        summary = record_provenance(cfg, run_dir, summary)
+        if cfg.federation.mode == "federated" and cfg.get("deployment") is None:
+            from pipeline.engines.simulation import discard_hospital_folder
+
+            discard_hospital_folder(cfg, run_dir, summary)  # only now: until here a kill resumes with it
+        return summary
 
 
 def new_study_id() -> str:
@@ -167,7 +179,8 @@ def interrupted(cfg: DictConfig, run_dir: Path, signum: int) -> None:
     """The one line of an interrupted run (everything it started is stopped by now); exit 128 + signum.
 
     ``os._exit``: Flower's server thread may still wait for replies that never come; nothing of the
-    run is left to save (each completed round was checkpointed as it ended).
+    run is left to save (each completed round was checkpointed as it ended); the folder locks this
+    process holds are released first.
     """
     logs.unmute_console()
     close_live_progress()
@@ -175,6 +188,7 @@ def interrupted(cfg: DictConfig, run_dir: Path, signum: int) -> None:
         log.error("interrupted: every deployment process was stopped; a deployment restarts from round 1")
     else:
         log.error("interrupted: %s", _saved(run_dir))
+    release_all()  # os._exit skips atexit: the run's folder locks go now
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -187,11 +201,13 @@ def _saved(run_dir: Path) -> str:
 
     from pipeline.outputs.recorder import CHECKPOINT_FILE
 
+    if not (run_dir / CONFIG_FILE).exists():
+        return "nothing was started yet; run the command again"
     try:
         done = int(json.loads((run_dir / CHECKPOINT_FILE).read_text())["completed_round"])
     except (OSError, ValueError, KeyError):
-        return "no round was completed yet (nothing to resume); run the command again to start over"
-    rounds = "round 1 is" if done == 1 else f"rounds 1-{done} are"
+        done = 0
+    rounds = {0: "no round is complete yet, the run is", 1: "round 1 is"}.get(done, f"rounds 1-{done} are")
     return f"{rounds} saved in {run_dir}; continue with: python -m pipeline.run resume={run_dir}"
 
 
@@ -229,7 +245,25 @@ def main() -> None:
     from pipeline.config.suggest import exit_on_unknown_override
 
     exit_on_unknown_override(sys.argv[1:])
+    exit_on_locked_folder(sys.argv[1:])
     hydra_main()
+
+
+def exit_on_locked_folder(argv: list[str]) -> None:
+    """``run_dir=`` / ``resume=`` naming a folder a live run holds: ``run failed: ...`` on stderr, exit 1.
+
+    Hydra would otherwise rewrite that folder's ``.hydra/`` and append to its run.log before
+    :func:`execute` takes the lock (which stays the arbiter: this check only answers early).
+    """
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        value = value.strip().strip("'\"")
+        if sep and key.lstrip("+~") in ("run_dir", "resume") and value not in ("", "null"):
+            try:
+                refuse_if_locked(Path(value).expanduser())
+            except RunFailed as err:
+                print(f"run failed: {err}", file=sys.stderr, flush=True)
+                sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 A path says where a run reads or writes, never what it computes, so the folder names of a
 multirun (Hydra's ``override_dirname``) and the comparison of runs leave these keys out. This is
 the only list of them: ``conf/config.yaml`` reads it through the ``fedmed_path_keys`` resolver and
-:mod:`pipeline.analysis.compare` through :func:`is_path_key`.
+:mod:`pipeline.analysis.compare` through :func:`is_path_key`. ``fedmed_run_folder`` makes the
+default run folder unique (:mod:`pipeline.config.run_folder`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import fields
 
 from omegaconf import OmegaConf
 
+from pipeline.config.run_folder import run_folder
 from pipeline.config.schema import PathsConfig
 
 # Keys (or whole subtrees) holding locations; ``paths.*`` is the conf/paths/ group.
@@ -50,3 +52,5 @@ def _first_set(first: object, second: object) -> object:
 
 OmegaConf.register_new_resolver("or", _first_set, replace=True)
 OmegaConf.register_new_resolver("fedmed_path_keys", override_keys, replace=True)
+# hydra.run.dir: resume, else run_dir, else a fresh outputs/<date>/<time>[-N] (pipeline/config/run_folder.py)
+OmegaConf.register_new_resolver("fedmed_run_folder", run_folder, replace=True)

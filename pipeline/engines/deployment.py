@@ -39,7 +39,7 @@ from omegaconf import DictConfig
 
 from pipeline.engines.certificates import make_certificates, make_node_key
 from pipeline.engines.run_config import node_config_arg, run_config_toml
-from pipeline.engines.workspace import private_folder
+from pipeline.engines.workspace import private_folder, private_lock, write_owner
 from pipeline.errors import ConfigError, RunFailed
 from pipeline.flower.context import (
     DATA_ROOT_KEY,
@@ -380,17 +380,30 @@ def run_local_deployment(cfg: DictConfig, run_dir: Path) -> dict:
     """Run ``cfg`` on a local SuperLink + one SuperNode per hospital; return the run's summary.
 
     The workspace (keys, certificates, hospital data, logs) is deleted after a completed run
-    unless ``deployment.keep_workspace``; a failed run keeps it and names it.
-    """
-    from pipeline.engines.simulation import finish, make_ckks_keys
+    unless ``deployment.keep_workspace``; a failed run keeps it and names it. It is locked for the
+    run (:func:`~pipeline.engines.workspace.private_lock`: the lock file lies beside it, so that
+    replacing a stale workspace keeps the lock) and records its run in ``owner.json``.
 
+    Raises:
+        ConfigError: ``resume`` was given.
+        RunFailed: another live run holds the workspace, or the deployment failed.
+    """
     if cfg.resume:
         raise ConfigError("resume=... is not supported with deployment=local; start the deployment anew")
-    dep = cfg.deployment
     workspace = workspace_for(cfg, run_dir)
-    if workspace.exists():
-        shutil.rmtree(workspace)
-    workspace.mkdir(parents=True)
+    with private_lock(workspace):
+        if workspace.exists():
+            shutil.rmtree(workspace)
+        workspace.mkdir(parents=True)
+        write_owner(workspace, run_dir)
+        return _deploy(cfg, run_dir, workspace)
+
+
+def _deploy(cfg: DictConfig, run_dir: Path, workspace: Path) -> dict:
+    """Keys, sites, the cluster and the run, in the fresh ``workspace``; the run's summary."""
+    from pipeline.engines.simulation import finish, make_ckks_keys
+
+    dep = cfg.deployment
     secret = public = None
     if cfg.encryption.enabled:
         secret, public = make_ckks_keys(cfg, workspace / "consortium")

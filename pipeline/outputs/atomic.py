@@ -1,7 +1,8 @@
 """Writing files so that a crash leaves either the old file or the new one, never half of one.
 
 :func:`write_atomic` writes to a unique temporary name in the same folder, flushes it to disk,
-renames it over the target and flushes the folder. ``private=True`` is the owner-only writer for
+renames it over the target and flushes the folder (``replace=False``: links it under the target's
+name, which fails if that exists). ``private=True`` is the owner-only writer for
 keys, certificates and hospital state: the folder is created 0700 and the file 0600 from the
 start, so there is no moment at which anyone else could read it.
 """
@@ -9,6 +10,7 @@ start, so there is no moment at which anyone else could read it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -37,13 +39,18 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | Path, data: str | bytes, private: bool = False) -> Path:
+def write_atomic(path: str | Path, data: str | bytes, private: bool = False, replace: bool = True) -> Path:
     """Replace ``path`` with ``data`` atomically (text is UTF-8); returns ``path``.
 
     Args:
         path: the file to write; its folder is created if needed.
         data: the whole new content.
         private: owner-only (0600 in a folder created 0700), for keys and hospital state.
+        replace: False: never replace an existing ``path``; the complete file appears under its
+            name by a hard link, which fails if the name exists (no check-then-create race).
+
+    Raises:
+        FileExistsError: ``replace=False`` and ``path`` exists.
     """
     path = Path(path)
     folder = ensure_folder(path.parent, private)
@@ -56,13 +63,30 @@ def write_atomic(path: str | Path, data: str | bytes, private: bool = False) -> 
             os.fsync(f.fileno())
         if not private:
             os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _create_from(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     _fsync_folder(folder)
     return path
+
+
+def _create_from(tmp: str, path: Path) -> None:
+    """Give the finished ``tmp`` the name ``path`` unless that exists (FileExistsError), then drop ``tmp``."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "file exists", str(path)) from None  # named by the target
+    except OSError:  # a file system without hard links: the check and the rename are two steps there
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "file exists", str(path)) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 def _umask() -> int:

@@ -47,20 +47,28 @@ def signing_key_file(folder: str | Path, hospital: int) -> Path:
     return Path(folder) / f"hospital_{hospital}.key"
 
 
-def write_signing_keys(out: str | Path, num_hospitals: int) -> Path:
-    """One signing key per hospital (0600) and the roster of their public keys; returns the roster's path."""
+def write_signing_keys(out: str | Path, num_hospitals: int, replace: bool = True) -> Path:
+    """One signing key per hospital (0600) and the roster of their public keys; returns the roster's path.
+
+    ``replace=False``: an existing key or roster file is never replaced (FileExistsError).
+    """
     out = Path(out)
     roster = {}
     for hospital in range(num_hospitals):
         private, public = generate_key_pairs()
-        write_atomic(signing_key_file(out / SIGNING_DIR, hospital), private_key_to_bytes(private), private=True)
+        key_file = signing_key_file(out / SIGNING_DIR, hospital)
+        write_atomic(key_file, private_key_to_bytes(private), private=True, replace=replace)
         roster[str(hospital)] = public_key_to_bytes(public).decode()
-    return write_atomic(out / ROSTER_FILE, json.dumps(roster, indent=2) + "\n")
+    return write_atomic(out / ROSTER_FILE, json.dumps(roster, indent=2) + "\n", replace=replace)
 
 
-def write_roster(path: str | Path, public_keys: dict[int, bytes]) -> Path:
-    """A roster from public keys (PEM or OpenSSH, e.g. SuperNodes' ``node_key.pub``)."""
-    return write_atomic(path, json.dumps({str(k): v.decode() for k, v in public_keys.items()}, indent=2) + "\n")
+def write_roster(path: str | Path, public_keys: dict[int, bytes], replace: bool = True) -> Path:
+    """A roster from public keys (PEM or OpenSSH, e.g. SuperNodes' ``node_key.pub``).
+
+    ``replace=False``: an existing file is never replaced (FileExistsError).
+    """
+    text = json.dumps({str(k): v.decode() for k, v in public_keys.items()}, indent=2) + "\n"
+    return write_atomic(path, text, replace=replace)
 
 
 def parse_public_key(text: bytes) -> ec.EllipticCurvePublicKey:

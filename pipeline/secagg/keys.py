@@ -8,13 +8,19 @@ ciphertexts but holds no key at all.
 Key files are made by their own process, so that the process that later runs the server never
 holds the secret key, not even briefly::
 
-    python -m pipeline.secagg.keys --out DIR [overrides]      (= python scripts/keygen.py)
+    python -m pipeline.secagg.keys --out DIR [--force] [overrides]      (= python scripts/keygen.py)
+
+Existing key files in ``DIR`` are never replaced without ``--force`` (exit status 2, naming them):
+new keys would lock every hospital out of what the old ones encrypted. Each file appears whole
+under its name or not at all, and without ``--force`` a file made meanwhile by someone else is
+never replaced either.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -22,7 +28,7 @@ import tenseal as ts
 from omegaconf import DictConfig
 
 from pipeline.outputs.atomic import write_atomic
-from pipeline.secagg.params import ROSTER_FILE, SECRET_FILE, SERVER_FILE
+from pipeline.secagg.params import ROSTER_FILE, SECRET_FILE, SERVER_FILE, SIGNING_DIR
 
 
 def make_secret_context(enc: DictConfig) -> ts.Context:
@@ -60,17 +66,44 @@ def load_secret_context(path: str) -> tuple[ts.Context, bytes]:
     return ctx, server_context_bytes(ctx)
 
 
-def write_key_files(enc: DictConfig, out_dir: str | Path) -> tuple[Path, Path]:
-    """Generate the hospitals' secret file and the server's parameters-only file (0600 in a 0700 folder)."""
+def write_key_files(enc: DictConfig, out_dir: str | Path, replace: bool = True) -> tuple[Path, Path]:
+    """Generate the hospitals' secret file and the server's parameters-only file (0600 in a 0700 folder).
+
+    ``replace=False``: an existing key file is never replaced (FileExistsError).
+    """
     out = Path(out_dir)
     ctx = make_secret_context(enc)
-    secret = write_atomic(out / SECRET_FILE, secret_context_bytes(ctx), private=True)
-    server = write_atomic(out / SERVER_FILE, server_context_bytes(ctx), private=True)
+    secret = write_atomic(out / SECRET_FILE, secret_context_bytes(ctx), private=True, replace=replace)
+    server = write_atomic(out / SERVER_FILE, server_context_bytes(ctx), private=True, replace=replace)
     return secret, server
 
 
+def key_files(out_dir: str | Path, hospitals: int = 0, roster: bool = False) -> list[Path]:
+    """The files ``main`` writes into ``out_dir``: the two contexts, the roster, the signing keys."""
+    from pipeline.secagg.agreement import signing_key_file
+
+    out = Path(out_dir)
+    files = [out / SECRET_FILE, out / SERVER_FILE]
+    if roster or hospitals > 0:
+        files.append(out / ROSTER_FILE)
+    files += [signing_key_file(out / SIGNING_DIR, h) for h in range(hospitals)]
+    return files
+
+
+def _refuse_existing(existing: list[str]) -> int:
+    print(
+        f"error: key files exist already: {', '.join(existing)}; give --force to replace them "
+        "(every hospital and the server then need the new files)",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.secagg.keys --out DIR [overrides]``: write the two key files."""
+    """``python -m pipeline.secagg.keys --out DIR [--force] [overrides]``: write the key files; the exit status.
+
+    Existing key files in ``--out`` stop it with exit status 2 and one line naming them, unless ``--force``.
+    """
     parser = argparse.ArgumentParser(description="Generate the CKKS key files for hospitals and server.")
     parser.add_argument("--out", required=True, help="folder for the two key files (created with mode 0700)")
     parser.add_argument(
@@ -88,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         help="also write roster.json from the hospitals' SuperNode public keys, hospital 0 first "
         "(e.g. hospital_0/node_key.pub hospital_1/node_key.pub ...): every hospital gets it",
     )
+    parser.add_argument(
+        "--force", action="store_true", help="replace key files that exist in --out (otherwise they are kept)"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. encryption.poly_modulus_degree=8192")
     args = parser.parse_args(argv)
     from pipeline.config import compose
@@ -98,6 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    existing = [str(f) for f in key_files(args.out, max(args.hospitals, 0), bool(args.roster)) if os.path.lexists(f)]
+    if existing and not args.force:
+        return _refuse_existing(existing)
+    try:
+        return _write(args, cfg)
+    except FileExistsError as err:  # made by someone else since the check: still never replaced
+        return _refuse_existing([str(err.filename)])
+
+
+def _write(args: argparse.Namespace, cfg: DictConfig) -> int:
+    """Write what ``args`` asks for (replacing existing files only with ``--force``); the exit status."""
     if args.roster:
         from pipeline.secagg.agreement import parse_public_key, write_roster
 
@@ -110,15 +157,16 @@ def main(argv: list[str] | None = None) -> int:
                 why = "no such file" if isinstance(err, OSError) else "not an ECDSA public key (OpenSSH .pub or PEM)"
                 print(f"error: --roster: hospital {i}'s key {name!r}: {why}", file=sys.stderr)
                 return 2
-        roster = write_roster(Path(args.out) / ROSTER_FILE, public_keys)
+        roster = write_roster(Path(args.out) / ROSTER_FILE, public_keys, replace=args.force)
         print(f"roster of {len(public_keys)} hospitals: {roster}  (give to every hospital; public)")
-    secret, server = write_key_files(cfg.encryption, args.out)
+    secret, server = write_key_files(cfg.encryption, args.out, replace=args.force)
     print(f"hospitals' secret context: {secret}  (give to every hospital; never to the server)")
     print(f"server context:            {server}  (parameters only, no key)")
     if args.hospitals > 0:
         from pipeline.secagg.agreement import write_signing_keys
 
-        roster = write_signing_keys(args.out, args.hospitals)
+        # with --roster too, the signing keys' roster replaces the one written just above (as before)
+        roster = write_signing_keys(args.out, args.hospitals, replace=args.force or bool(args.roster))
         print(f"signing keys and roster:   {roster.parent / 'signing'}, {roster}  (hospital i: its key + the roster)")
     return 0
 
