@@ -31,7 +31,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from pipeline.errors import RunFailed
 from pipeline.flower import messages as M
 from pipeline.outputs.console import progress_line
-from pipeline.outputs.recorder import PRIVACY_FILE, RunRecorder, write_json
+from pipeline.outputs.recorder import CHECKPOINT_FILE, PRIVACY_FILE, RunRecorder, write_json
 from pipeline.outputs.timing import ExchangeTime, round_phases, run_phases
 from pipeline.secagg import aggregates
 from pipeline.secagg.aggregates import Aggregate
@@ -133,6 +133,7 @@ class SecureFedAvg(Strategy):
         self.progress: ProgressHook | None = None
         self.exchanges: list[ExchangeTime] = []  # of the current round (and the size query before round 1)
         self.query_seconds = 0.0
+        self.accepted: dict[int, Aggregate] = {}  # every aggregate the hospitals accepted, for catch-ups
 
     # --- Flower's hooks --------------------------------------------------------------------
     def summary(self) -> None:
@@ -183,11 +184,26 @@ class SecureFedAvg(Strategy):
         conf = {**dict(config), **self.train_config(server_round)}
         out = []
         for node, site in self.sites.items():
-            # Hospitals that already applied the last aggregate (during evaluation) need no payload.
-            agg = previous if previous is not None and site.synced_round < previous.round else None
-            out.append(Message(content=self._content(conf, agg), message_type=M.TRAIN, dst_node_id=node))
-            self._tally.bytes_down.append(agg.payload.nbytes if agg else 0)
+            # Hospitals that already applied the last aggregate (during evaluation) need no payload;
+            # one that missed rounds gets the chain of aggregates it lacks.
+            chain = self.catch_up(site, previous)
+            out.append(Message(content=self._content(conf, chain), message_type=M.TRAIN, dst_node_id=node))
+            self._tally.bytes_down.append(sum(a.payload.nbytes for a in chain))
         return out
+
+    def catch_up(self, site: Site, latest: Aggregate | None) -> list[Aggregate]:
+        """The aggregates ``site`` lacks up to ``latest``, oldest first (empty when it holds ``latest``).
+
+        The server learns a hospital's model round from its replies (query, train, evaluate), so a
+        hospital back from any outage gets every aggregate it missed, from the ones the
+        hospitals accepted; it applies them in order and takes part in the same round.
+        """
+        if latest is None or site.synced_round >= latest.round:
+            return []
+        missed = [self.accepted.get(r) for r in range(site.synced_round + 1, latest.round)]
+        if any(a is None for a in missed):  # not kept (cannot happen in one run): the hospital says out of sync
+            return [latest]
+        return [*missed, latest]
 
     def add_train_reply(self, node: int, reply: Message) -> None:
         """Check one training reply and add its update to the round's sum (or drop it, naming why)."""
@@ -202,6 +218,7 @@ class SecureFedAvg(Strategy):
         c = reply.content[M.CONFIG]
         tally.seen.add(node)
         site = self.sites[node]
+        site.synced_round = int(c.get(M.MODEL_ROUND, tally.round - 1))
         site.epsilon = float(c.get(M.EPSILON, 0.0))
         site.device = str(c.get(M.DEVICE, site.device))
         if M.DP_REPORT in c:
@@ -242,6 +259,8 @@ class SecureFedAvg(Strategy):
             reason = reply.error.reason.strip().splitlines()[-1] if reply.error.reason else "error"
             return f"it failed ({reason})"
         c = reply.content[M.CONFIG]
+        if node in self.sites and M.MODEL_ROUND in c:  # also an out-of-sync hospital says what it holds
+            self.sites[node].synced_round = int(c[M.MODEL_ROUND])
         if M.PROBLEM in c:
             return str(c[M.PROBLEM])
         if node not in self.sites:
@@ -294,7 +313,12 @@ class SecureFedAvg(Strategy):
         agg = Aggregate.from_record(arrays)
         conf = {**dict(config), M.ROUND: server_round, M.SERVER_OPTIMIZER: json.dumps(agg.server_optimizer)}
         return [
-            Message(content=self._content(conf, agg), message_type=M.EVALUATE, dst_node_id=node) for node in self.sites
+            Message(
+                content=self._content(conf, self.catch_up(site, agg) or [agg]),
+                message_type=M.EVALUATE,
+                dst_node_id=node,
+            )
+            for node, site in self.sites.items()
         ]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -307,6 +331,8 @@ class SecureFedAvg(Strategy):
                 log.warning("round %d: %s failed to evaluate: %s", server_round, self._name(node), reply.error.reason)
                 continue
             c = reply.content[M.CONFIG]
+            if node in self.sites and M.MODEL_ROUND in c:
+                self.sites[node].synced_round = int(c[M.MODEL_ROUND])
             if M.PROBLEM in c:
                 log.warning("round %d: %s: %s", server_round, self._name(node), c[M.PROBLEM])
                 if bool(c.get(M.REFUSED, False)):
@@ -365,48 +391,59 @@ class SecureFedAvg(Strategy):
         t0 = time.perf_counter()
         self.query(grid, timeout)
         self.query_seconds = time.perf_counter() - t0
-        first, arrays = 1, ArrayRecord()
+        first, arrays, pending = 1, ArrayRecord(), None
         if resume:
             if recorder is None:
                 raise ValueError("resume needs the run folder's recorder")
-            first, arrays = self._resume(recorder, evaluate_fn)
+            first, arrays, pending = self._resume(recorder, evaluate_fn)
         rnd = first
         while rnd <= num_rounds:
             t0 = time.perf_counter()
             self._refusals, self.exchanges = [], []
             server_evaluate = 0.0
-            messages = self.configure_train(rnd, arrays, train_config, grid)
-            self._exchange(grid, messages, timeout, self.add_train_reply, phase="train")
-            agg_arrays, train_metrics = self.aggregate_train(rnd, [])
-            row: dict[str, Any] = {"round": rnd, **dict(train_metrics or {})}
-            if agg_arrays is None or row["hospitals"] < self.min_hospitals:
-                why = f"round {rnd}: {row['hospitals']} usable update(s), fewer than federation.min_hospitals"
-                why += f"={self.min_hospitals}"
-                if row["out_of_budget"]:
-                    why += f" ({row['out_of_budget']} hospital(s) out of privacy budget)"
-                if not len(arrays):
-                    raise RunFailed(why)
-                self.status, self.stop_reason = "stopped_early", why
-                log.warning("stopping early: %s", why)
-                break
-            if self.server_context is not None:
-                try:
-                    agg_arrays = self.unmask(grid, timeout, agg_arrays)
-                except RecoveryFailed as err:
-                    if self._abandon(rnd, str(err)):
-                        break
-                    continue
+            if pending is not None:  # resumed while evaluating: the round's sum is saved, only its evaluation is left
+                agg_arrays, row, pending = pending[0].to_record(), pending[1], None
+            else:
+                self._note_progress(recorder, rnd, num_rounds)
+                messages = self.configure_train(rnd, arrays, train_config, grid)
+                self._exchange(grid, messages, timeout, self.add_train_reply, phase="train")
+                agg_arrays, train_metrics = self.aggregate_train(rnd, [])
+                row = {"round": rnd, **dict(train_metrics or {})}
+                if agg_arrays is None or row["hospitals"] < self.min_hospitals:
+                    why = f"round {rnd}: {row['hospitals']} usable update(s), fewer than federation.min_hospitals"
+                    why += f"={self.min_hospitals}"
+                    if row["out_of_budget"]:
+                        why += f" ({row['out_of_budget']} hospital(s) out of privacy budget)"
+                    if not len(arrays):
+                        raise RunFailed(why)
+                    self.status, self.stop_reason = "stopped_early", why
+                    log.warning("stopping early: %s", why)
+                    break
+                if self.server_context is not None:
+                    try:
+                        agg_arrays = self.unmask(grid, timeout, agg_arrays)
+                    except RecoveryFailed as err:
+                        if self._abandon(rnd, str(err)):
+                            break
+                        continue
+                if recorder is not None:  # saved before any hospital applies it: a kill from here on resumes here
+                    aggregates.save(recorder.dir, Aggregate.from_record(agg_arrays))
+                    self._note_progress(recorder, rnd, num_rounds, row)
             agg = Aggregate.from_record(agg_arrays)
             messages = self.configure_evaluate(rnd, agg_arrays, evaluate_config, grid)
             replies = self._exchange(grid, messages, timeout, phase="evaluate")
             evaluated = self.aggregate_evaluate(rnd, replies)
             if self._refusals:
+                if recorder is not None:  # only aggregates the hospitals accepted stay in the run folder
+                    aggregates.remove(recorder.dir, rnd)
                 if self._abandon(rnd, "; ".join(self._refusals)):
                     break
                 continue
-            result.arrays, result.train_metrics_clientapp[rnd] = agg_arrays, train_metrics
-            if recorder is not None:
-                aggregates.save(recorder.dir, agg)  # only an aggregate the hospitals accepted
+            self.accepted[rnd] = agg
+            result.arrays, result.train_metrics_clientapp[rnd] = (
+                agg_arrays,
+                MetricRecord({k: v for k, v in row.items() if k != "round"}),
+            )
             if evaluated is not None:
                 result.evaluate_metrics_clientapp[rnd] = evaluated
                 row.update(dict(evaluated))
@@ -425,7 +462,7 @@ class SecureFedAvg(Strategy):
             if recorder is not None:
                 recorder.add_round(row)
                 write_json(recorder.dir / PRIVACY_FILE, self.privacy_report())
-                recorder.write_checkpoint({"completed_round": rnd, "rounds": num_rounds, "num_params": self.num_params})
+                recorder.write_checkpoint(self._checkpoint(rnd, num_rounds))
             arrays = agg_arrays
             log.info(progress_line(row, num_rounds))
             self.attempt = 0
@@ -434,6 +471,27 @@ class SecureFedAvg(Strategy):
                 break
             rnd += 1
         return result
+
+    def _checkpoint(self, done: int, num_rounds: int, **in_progress: Any) -> dict[str, Any]:
+        state = {"completed_round": done, "rounds": num_rounds, "num_params": self.num_params}
+        if in_progress:
+            state["in_progress"] = in_progress
+        return state
+
+    def _note_progress(
+        self, recorder: RunRecorder | None, rnd: int, num_rounds: int, row: dict[str, Any] | None = None
+    ) -> None:
+        """Record in the checkpoint which attempt of round ``rnd`` is under way (and, once its sum is
+        saved, its training row): a resumed run asks for that very attempt, so every hospital that
+        trained it re-sends its saved reply instead of training (and paying) again."""
+        if recorder is None:
+            return
+        progress: dict[str, Any] = {"round": rnd, "attempt": self.attempt}
+        if row is not None:
+            progress["evaluating"] = True
+            progress["row"] = row
+            write_json(recorder.dir / PRIVACY_FILE, self.privacy_report())  # this round's spending too
+        recorder.write_checkpoint(self._checkpoint(rnd - 1, num_rounds, **progress))
 
     def _abandon(self, rnd: int, why: str) -> bool:
         """Give up this attempt at round ``rnd`` (nothing is applied or saved); True when the run must stop.
@@ -469,6 +527,7 @@ class SecureFedAvg(Strategy):
                 refusals.append(str(c[M.PROBLEM]))
                 continue
             self.sites[node] = Site(node, int(c[M.HOSPITAL]), int(c[M.NUM_TRAIN]), int(c[M.NUM_PARAMS]))
+            self.sites[node].synced_round = int(c.get(M.MODEL_ROUND, 0))
             if M.AGREE_KEY in c:
                 self.sites[node].agree_key, self.sites[node].agree_sig = str(c[M.AGREE_KEY]), bytes(c[M.AGREE_SIG])
             self.shape = (int(c[M.CHANNELS]), int(c[M.NUM_CLASSES]), int(c[M.IMAGE_SIZE]))
@@ -529,8 +588,13 @@ class SecureFedAvg(Strategy):
         }
 
     # --- helpers ---------------------------------------------------------------------------
-    def _content(self, conf: dict[str, Any], agg: Aggregate | None) -> RecordDict:
+    def _content(self, conf: dict[str, Any], chain: list[Aggregate]) -> RecordDict:
+        """A message's content: ``conf`` and the aggregates of ``chain`` (the last one in the usual
+        place, the earlier ones of a catch-up as ArrayRecords :func:`.messages.catch_up_key`)."""
         content = RecordDict({M.CONFIG: ConfigRecord(dict(conf))})
+        for earlier in chain[:-1]:
+            content[M.catch_up_key(earlier.round)] = earlier.to_record()
+        agg = chain[-1] if chain else None
         if agg is not None:
             content[M.CONFIG][M.AGG_ROUND] = agg.round
             content[M.CONFIG][M.TOTAL_WEIGHT] = agg.total_weight
@@ -653,17 +717,41 @@ class SecureFedAvg(Strategy):
                 if site.dp_reports:
                     site.epsilon = max(site.epsilon, float(site.dp_reports[-1]["epsilon"]))
 
-    def _resume(self, recorder: RunRecorder, evaluate_fn: EvaluateFn | None) -> tuple[int, ArrayRecord]:
-        """Continue after the last completed round of the recorder's run folder."""
-        done = int(recorder.read_checkpoint()["completed_round"])
-        aggs = aggregates.load_all(recorder.dir)[:done]
-        if len(aggs) < done:
-            raise RunFailed(f"{recorder.dir}: the checkpoint says round {done}, but only {len(aggs)} aggregates exist")
+    def _resume(
+        self, recorder: RunRecorder, evaluate_fn: EvaluateFn | None
+    ) -> tuple[int, ArrayRecord, tuple[Aggregate, dict[str, Any]] | None]:
+        """Continue the recorder's run folder where it stopped: the round, its last aggregate, and
+        the saved sum and training row of a round that was being evaluated (else None).
+
+        The checkpoint names the attempt under way; the round resumes at that attempt, so the
+        hospitals that already trained it re-send their saved replies (no budget charged twice).
+        """
+        # no checkpoint: killed before round 1 started, so no hospital trained anything yet
+        checkpoint = recorder.read_checkpoint() if (recorder.dir / CHECKPOINT_FILE).exists() else {}
+        done = int(checkpoint.get("completed_round", 0))
+        saved = aggregates.load_all(recorder.dir)
+        if len(saved) < done:
+            raise RunFailed(f"{recorder.dir}: the checkpoint says round {done}, but only {len(saved)} aggregates exist")
+        aggs = saved[:done]
+        self.accepted = {a.round: a for a in aggs}
         recorder.load_rows(done)
         self.rows = list(recorder.rows)
-        self._restore_privacy_report(recorder, done)
+        progress = checkpoint.get("in_progress") or {}
+        pending = None
+        if int(progress.get("round", -1)) == done + 1:
+            self.attempt = int(progress.get("attempt", 0))
+            if progress.get("evaluating") and len(saved) > done:
+                pending = (saved[done], dict(progress["row"]))
+        self._restore_privacy_report(recorder, done + 1 if pending else done)
         if evaluate_fn is not None:  # plaintext: the server-side evaluation catches up with the saved rounds
             for agg in aggs:
                 evaluate_fn(agg.round, agg.to_record())
-        log.info("resuming %s after round %d", recorder.dir, done)
-        return done + 1, aggs[-1].to_record()
+        log.info(
+            "resuming %s after round %d%s",
+            recorder.dir,
+            done,
+            f" (round {done + 1}, attempt {self.attempt + 1}: {'evaluating' if pending else 'training'})"
+            if progress
+            else "",
+        )
+        return done + 1, (aggs[-1].to_record() if aggs else ArrayRecord()), pending

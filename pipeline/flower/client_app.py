@@ -164,37 +164,52 @@ class HospitalClient:
         self.state.save()
 
     def sync(self, content: RecordDict) -> float:
-        """Apply the aggregate in ``content`` (if any) to this hospital's copy of the global model.
+        """Apply the aggregates in ``content`` (a catch-up chain, then the latest) to this hospital's model.
 
-        Returns the seconds spent decoding it (decrypting, unmasking, checking).
+        Aggregates of rounds it already holds are skipped; each other must be the next round.
+        Returns the seconds spent decoding them (decrypting, unmasking, checking).
 
         Raises:
-            AggregateRefused: the aggregate fails its checks (nothing is applied).
+            OutOfSync: an aggregate is not the next round (nothing more is applied).
+            AggregateRefused: an aggregate fails its checks (nothing more is applied).
         """
+        from pipeline.secagg.aggregates import Aggregate
+
+        earlier = sorted(k for k in content if k.startswith(M.CATCH_UP_PREFIX))
+        chain = [Aggregate.from_record(content[k]) for k in earlier]
         payload = Payload.get(content)
-        if payload is None:
-            return 0.0
-        conf = content[M.CONFIG]
-        agg_round = int(conf[M.AGG_ROUND])
-        if agg_round == self.model_round:
-            return 0.0
-        if agg_round != self.model_round + 1:
-            raise OutOfSync(f"holds the model of round {self.model_round}, got the aggregate of round {agg_round}")
+        if payload is not None:
+            conf = content[M.CONFIG]
+            chain.append(
+                Aggregate(
+                    int(conf[M.AGG_ROUND]),
+                    payload,
+                    float(conf[M.TOTAL_WEIGHT]),
+                    int(conf[M.COUNT]),
+                    json.loads(str(conf.get(M.SERVER_OPTIMIZER) or "{}")),
+                    json.loads(str(conf.get(M.UNMASK_INFO) or "{}")),
+                )
+            )
+        return sum(self._apply(agg) for agg in chain if agg.round > self.model_round)
+
+    def _apply(self, agg) -> float:
+        """Decode one aggregate (the next round's) and step the model with it; the decoding seconds."""
+        if agg.round != self.model_round + 1:
+            raise OutOfSync(f"holds the model of round {self.model_round}, got the aggregate of round {agg.round}")
         current = self.global_weights()
-        unmask = json.loads(str(conf.get(M.UNMASK_INFO) or "{}"))
         minimum = int(self.cfg.federation.min_hospitals)
         t0 = time.perf_counter()
         summed = self.codec().open_aggregate(
-            payload, int(conf[M.COUNT]), len(current), unmask, self.study, agg_round, minimum
+            agg.payload, agg.count, len(current), agg.unmask, self.study, agg.round, minimum
         )
         seconds = time.perf_counter() - t0
-        optimizer = ServerOptimizer.from_spec(json.loads(str(conf.get(M.SERVER_OPTIMIZER) or "{}")))
-        updated, opt_state = optimizer.step(current, summed / float(conf[M.TOTAL_WEIGHT]), self.state.optimizer)
+        optimizer = ServerOptimizer.from_spec(agg.server_optimizer)
+        updated, opt_state = optimizer.step(current, summed / agg.total_weight, self.state.optimizer)
         if not np.all(np.isfinite(updated)):
-            raise ValueError(f"the aggregate of round {agg_round} decodes to non-finite weights")
+            raise ValueError(f"the aggregate of round {agg.round} decodes to non-finite weights")
         self.state.weights = updated.astype(np.float32)
         self.state.optimizer = opt_state
-        self.state.model_round = agg_round
+        self.state.model_round = agg.round
         self.state.save()
         return seconds
 
@@ -234,6 +249,7 @@ class HospitalClient:
             M.NUM_CLASSES: d.num_classes,
             M.IMAGE_SIZE: d.image_size,
             M.NUM_PARAMS: len(self.global_weights()),
+            M.MODEL_ROUND: self.model_round,
         }
         if self.cfg.encryption.enabled:  # this run's signed key agreement key (secure aggregation)
             protocol = self.protocol()
@@ -248,11 +264,22 @@ class HospitalClient:
         rnd = int(conf[M.ROUND])
         with self.watch.phase("decode"):
             self.sync(content)
+        # the same request again (a resumed server): the saved reply, neither trained nor charged twice
+        asked = f"{rnd}:{int(conf.get(M.ATTEMPT, 0))}:{self.model_round}"
+        if self.state.sent and self.state.sent_for == asked:
+            log.info("hospital %d: round %s was trained already; re-sending the saved reply", self.id, asked)
+            return load_reply(self.state.sent)
         if self.model_round != rnd - 1:
             raise OutOfSync(f"holds the model of round {self.model_round}, round {rnd} needs round {rnd - 1}")
         plan = plan_for_run(self.cfg, self.data.num_train)
         ledger = self.ledger() if plan else None
-        reply = {M.ROUND: rnd, M.NUM_TRAIN: self.data.num_train, M.OUT_OF_BUDGET: False, M.DEVICE: str(self.device)}
+        reply = {
+            M.ROUND: rnd,
+            M.MODEL_ROUND: self.model_round,
+            M.NUM_TRAIN: self.data.num_train,
+            M.OUT_OF_BUDGET: False,
+            M.DEVICE: str(self.device),
+        }
         if plan is not None:
             this_round = ledger.accountant.history + [(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)]
             lifetime_problem = self._lifetime_problem(plan, this_round)
@@ -277,12 +304,10 @@ class HospitalClient:
                 self.cfg, model, self.data.train, epochs, self.device, plan, ledger, seed, mu, randomness
             )
         self.watch.move("train", "dp", stats.get("dp_seconds", 0.0))
-        if ledger is not None:  # charged as soon as it trained, whatever happens to the update next
-            self.state.ledger = ledger.to_json()
-            self.state.save()
-            self.lifetime().record(self.study, ledger.accountant.history, plan.delta, plan.accountant)
         change = get_flat(model).astype(np.float64) - start
-        if not np.all(np.isfinite(change)):
+        if not np.all(np.isfinite(change)):  # the failure itself depends on the data: charged all the same
+            self._charge(plan, ledger)
+            self.state.save()
             raise ValueError("local training produced non-finite weights; lower train.optimizer.lr")
         weight = self.data.num_train / float(conf[M.N_REF])
         update = weight * change
@@ -292,6 +317,7 @@ class HospitalClient:
         encode_seconds = time.perf_counter() - t0
         from pipeline.secagg.codec import clipped_fraction
 
+        self._charge(plan, ledger)
         eps = ledger.epsilon(plan.delta) if ledger is not None else 0.0
         reply.update({M.WEIGHT: weight, M.EPSILON: eps})
         if plan is not None:
@@ -314,7 +340,22 @@ class HospitalClient:
             }
         )
         payload.put(content_out)
+        # charged and kept in one write, before the reply leaves: a kill before it released nothing
+        # (the round is trained afresh), a kill after it re-sends this very reply
+        self.state.sent, self.state.sent_for = dump_reply(content_out), asked
+        self.state.save()
         return content_out
+
+    def _charge(self, plan: DPPlan | None, ledger: PrivacyLedger | None) -> None:
+        """Put the round's spending in the state (saved by the caller) and the lifetime ledger.
+
+        The lifetime ledger holds each study's whole history, so recording it again after a kill
+        (the round trained afresh) replaces the entry rather than adding to it.
+        """
+        if ledger is None:
+            return
+        self.state.ledger = ledger.to_json()
+        self.lifetime().record(self.study, ledger.accountant.history, plan.delta, plan.accountant)
 
     def _encode(
         self, update: np.ndarray, conf: ConfigRecord, seed: int, randomness: MechanismRandomness
@@ -418,6 +459,23 @@ class HospitalClient:
         )
 
 
+def dump_reply(content: RecordDict) -> bytes:
+    """``content`` as bytes (Flower's own protobuf form of a RecordDict), for the hospital's state file."""
+    from flwr.common.serde import recorddict_to_proto
+
+    return recorddict_to_proto(content).SerializeToString()
+
+
+def load_reply(data: bytes) -> RecordDict:
+    """Inverse of :func:`dump_reply`."""
+    from flwr.common.serde import recorddict_from_proto
+    from flwr.proto.recorddict_pb2 import RecordDict as RecordDictProto
+
+    proto = RecordDictProto()
+    proto.ParseFromString(data)
+    return recorddict_from_proto(proto)
+
+
 def _adverts(conf: ConfigRecord) -> dict[int, tuple[bytes, bytes]]:
     """The participants' signed agreement keys relayed by the server."""
     ids, keys, sigs = list(conf[M.ROSTER_IDS]), list(conf[M.ROSTER_KEYS]), list(conf[M.ROSTER_SIGS])
@@ -431,12 +489,14 @@ def _reply(msg: Message, context: Context, handler: str) -> Message:
     from pipeline.secagg.protocol import ProtocolRefused
 
     watch = Stopwatch()
+    client = None
     try:
         with watch.phase("setup"):
             client = HospitalClient(context, watch)
         content = client.query() if handler == M.QUERY else getattr(client, handler)(msg.content)
-    except OutOfSync as err:
-        content = RecordDict({M.CONFIG: ConfigRecord({M.PROBLEM: f"out of sync: {err}"})})
+    except OutOfSync as err:  # with the round it holds: the server sends the missing aggregates next time
+        held = {M.MODEL_ROUND: client.model_round} if client is not None else {}
+        content = RecordDict({M.CONFIG: ConfigRecord({M.PROBLEM: f"out of sync: {err}", **held})})
     except AggregateRefused as err:
         problem = f"refused the aggregate: {err}"
         log.warning("%s", problem)

@@ -7,15 +7,19 @@ e.g. ``FEDMED_FAULTS=1:2:crash,2:2:corrupt``. Hospital kinds:
 - ``nan``: local training yields NaN weights (the hospital must refuse to send them);
 - ``corrupt``: one byte of the first ciphertext chunk is flipped after encryption (in transit);
 - ``stale``: the reply carries the previous round number;
-- ``wrong_key``: the hospital encrypts its update under another CKKS key with the same parameters.
+- ``wrong_key``: the hospital encrypts its update under another CKKS key with the same parameters;
+- ``down``: the hospital is off for the whole round: it receives no message of that round
+  (train, unmask, evaluate) and so answers none, on every attempt. It comes back on its own the
+  round after, holding the model it had, and must catch up (the server's grid drops the messages,
+  as a machine that is off never gets them).
 
 Server kinds (``server:round:kind``):
 
 - ``forge``: the server sends one hospital's reply as the round's aggregate, claiming the round's
   count, weight and unmask information.
 
-Every fault strikes the first attempt at its round only; a round the checks abandon is retried
-without it. The hospitals' faults come from a ClientApp mod (:mod:`.fault_mod`), installed only when the
+Every fault but ``down`` strikes the first attempt at its round only; a round the checks abandon
+is retried without it. The hospitals' faults come from a ClientApp mod (:mod:`.fault_mod`), installed only when the
 variable is set; the server's faults wrap the strategy only then (:func:`wrap_strategy`). That is
 never the case outside tests and chaos runs; the production code contains no injection point.
 This module (the plan and the server's faults) is what the server imports; it reaches nothing of
@@ -27,7 +31,7 @@ from __future__ import annotations
 import os
 
 ENV = "FEDMED_FAULTS"
-KINDS = ("crash", "nan", "corrupt", "stale", "wrong_key")
+KINDS = ("crash", "nan", "corrupt", "stale", "wrong_key", "down")
 SERVER_KINDS = ("forge",)
 SERVER = "server"
 
@@ -59,17 +63,28 @@ def server_planned(rnd: int) -> set[str]:
     return {kind for who, r, kind in _entries() if who == SERVER and r == rnd}
 
 
+def _down() -> set[tuple[int, int]]:
+    """(hospital, round) pairs planned ``down``."""
+    return {(int(who), r) for who, r, kind in _entries() if who != SERVER and kind == "down"}
+
+
 def wrap_strategy(strategy):
-    """``strategy`` with the server's planned faults (``server:R:kind``), or unchanged when none are planned."""
-    if not any(who == SERVER for who, _, _ in _entries()):
+    """``strategy`` with the planned faults the server side plays (``server:R:kind``, ``H:R:down``),
+    or unchanged when none are planned."""
+    down = _down()
+    if not down and not any(who == SERVER for who, _, _ in _entries()):
         return strategy
+    import logging
+
+    from pipeline.flower import messages as M
     from pipeline.secagg.aggregates import Aggregate
     from pipeline.secagg.wire import Payload
 
+    log = logging.getLogger("fedmed.faults")
     base = type(strategy)
 
-    class Forging(base):  # type: ignore[misc, valid-type]
-        """Sends the first reply of the round as its aggregate in the planned rounds (first attempt)."""
+    class Faulty(base):  # type: ignore[misc, valid-type]
+        """Forges the round's aggregate (``forge``) and keeps messages from hospitals that are ``down``."""
 
         def configure_train(self, server_round, arrays, config, grid):
             self._first_payload = None
@@ -87,5 +102,21 @@ def wrap_strategy(strategy):
                 arrays = agg.to_record()
             return super().configure_evaluate(server_round, arrays, config, grid)
 
-    strategy.__class__ = type(f"Forging{base.__name__}", (Forging,), {})
+        def _exchange(self, grid, messages, timeout, on_reply=None, phase=""):
+            kept = []
+            for msg in messages:
+                site = self.sites.get(msg.metadata.dst_node_id)
+                rnd = msg.content[M.CONFIG].get(M.ROUND) if M.CONFIG in msg.content else None
+                if site is not None and rnd is not None and (site.hospital, int(rnd)) in down:
+                    log.warning(
+                        "round %s: hospital %d is down (fault injection): no %s message",
+                        rnd,
+                        site.hospital,
+                        phase or "",
+                    )
+                else:
+                    kept.append(msg)
+            return super()._exchange(grid, kept, timeout, on_reply, phase)
+
+    strategy.__class__ = type(f"Faulty{base.__name__}", (Faulty,), {})
     return strategy

@@ -1,5 +1,6 @@
 """What one hospital keeps between messages: its copy of the global model, its optimizer state, its ledger,
-and its part of the secure-aggregation protocol (this run's agreement key, the unmask answers it gave).
+its part of the secure-aggregation protocol (this run's agreement key, the unmask answers it gave)
+and its last train reply (re-sent, never re-trained, when a resumed server asks for the same round).
 
 The state lives in the hospital's own file (node config ``state-dir``), written atomically and
 owner-only, never in Flower's node context: in a simulation the context travels back to the
@@ -31,6 +32,8 @@ class HospitalState:
     ledger: str = ""
     optimizer: dict[str, np.ndarray] = field(default_factory=dict)
     secagg: str = ""  # JSON: this run's agreement key and the unmask answers given (pipeline.secagg.protocol)
+    sent: bytes = b""  # the last train reply (serialised), re-sent when the same round is asked again
+    sent_for: str = ""  # which request it answers: "round:attempt:model round" (see HospitalClient.train)
 
     @classmethod
     def load(cls, path: str | Path) -> HospitalState:
@@ -46,6 +49,8 @@ class HospitalState:
                 state.model_round = int(saved["model_round"])
                 state.ledger = str(saved["ledger"])
                 state.secagg = str(saved["secagg"]) if "secagg" in saved else ""
+                state.sent = saved["sent"].tobytes() if "sent" in saved else b""
+                state.sent_for = str(saved["sent_for"]) if "sent_for" in saved else ""
                 state.weights = saved["weights"].copy() if "weights" in saved else None
                 state.optimizer = {k[len(_OPT_PREFIX) :]: saved[k].copy() for k in saved if k.startswith(_OPT_PREFIX)}
         _CACHE[path] = (stamp, state.copy())
@@ -57,6 +62,8 @@ class HospitalState:
             "model_round": np.int64(self.model_round),
             "ledger": np.array(self.ledger),
             "secagg": np.array(self.secagg),
+            "sent": np.frombuffer(self.sent, dtype=np.uint8),
+            "sent_for": np.array(self.sent_for),
         }
         if self.weights is not None:
             arrays["weights"] = self.weights.astype(np.float32)
@@ -75,6 +82,8 @@ class HospitalState:
             self.ledger,
             {k: v.copy() for k, v in self.optimizer.items()},
             self.secagg,
+            self.sent,
+            self.sent_for,
         )
 
 

@@ -32,7 +32,7 @@ OUT_OF_BUDGET = "out-of-budget"
 PROBLEM = "problem"
 DEVICE = "device"  # train reply: where the hospital trained (cpu, cuda, cuda:1, ...)
 REFUSED = "refused"  # evaluate/train reply: the hospital refused the aggregate it was sent
-MODEL_ROUND = "model-round"
+MODEL_ROUND = "model-round"  # query/train/evaluate reply: the round of the global model the hospital holds
 CHANNELS = "channels"
 NUM_CLASSES = "num-classes"
 IMAGE_SIZE = "image-size"
@@ -73,3 +73,12 @@ DECODE_SECONDS = "decode_seconds"
 # val_threshold: the hospital's Youden threshold on its validation data (binary single-label data only;
 # absent otherwise, so the example-weighted mean is over the hospitals that report one)
 VAL_METRICS = ("val_loss", "val_auc", "val_accuracy", "val_mcc", "val_threshold")
+
+# Train/evaluate: the earlier aggregates of a catch-up chain (a hospital back from an outage), one
+# ArrayRecord each (pipeline.secagg.aggregates.Aggregate.to_record); the last one travels as usual.
+CATCH_UP_PREFIX = "catch-up-"
+
+
+def catch_up_key(agg_round: int) -> str:
+    """The record name of round ``agg_round``'s aggregate in a catch-up chain (sorts by round)."""
+    return f"{CATCH_UP_PREFIX}{agg_round:06d}"

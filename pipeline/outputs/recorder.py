@@ -103,7 +103,8 @@ class RunRecorder:
         self.rows = rows
 
     def write_checkpoint(self, state: dict[str, Any]) -> None:
-        """Mark a round as complete: written last, after the round's aggregate and metrics row."""
+        """Write the checkpoint: the last complete round (written after its aggregate and metrics
+        row) and the attempt under way (``in_progress``, written as each attempt starts)."""
         write_json(self.dir / CHECKPOINT_FILE, state)
 
     def read_checkpoint(self) -> dict[str, Any]:

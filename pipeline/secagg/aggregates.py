@@ -105,6 +105,11 @@ def save(run_dir: str | Path, agg: Aggregate) -> Path:
     return path
 
 
+def remove(run_dir: str | Path, agg_round: int) -> None:
+    """Delete round ``agg_round``'s saved aggregate, if any (an attempt the hospitals refused)."""
+    (Path(run_dir) / AGGREGATES_DIR / f"round_{agg_round:03d}.agg").unlink(missing_ok=True)
+
+
 def load(path: str | Path) -> Aggregate:
     """Read one aggregate file written by :func:`save`."""
     raw = Path(path).read_bytes()

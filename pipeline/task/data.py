@@ -15,6 +15,7 @@ augmentation. :func:`make_dataset` picks the one the images need.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
 from pipeline.errors import ConfigError, DataError
+from pipeline.outputs.atomic import write_atomic
 from pipeline.task.manifest import (
     TEST_KEY,
     TRAINING_KEY,
@@ -215,9 +217,9 @@ def save_medmnist_layout(path: Path, train: tuple[np.ndarray, np.ndarray], val: 
         return x[:, 0] if x.shape[1] == 1 else x.transpose(0, 2, 3, 1)
 
     empty = layout(train[0][:0])
-    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
     np.savez_compressed(
-        path,
+        buf,
         train_images=layout(train[0]),
         train_labels=train[1].reshape(-1, 1).astype(np.uint8),
         val_images=layout(val[0]),
@@ -225,6 +227,7 @@ def save_medmnist_layout(path: Path, train: tuple[np.ndarray, np.ndarray], val: 
         test_images=empty,
         test_labels=np.zeros((0, 1), np.uint8),
     )
+    write_atomic(path, buf.getvalue())  # a crash leaves the previous file or none, never half of one
 
 
 def _medmnist_info(flag: str) -> dict:

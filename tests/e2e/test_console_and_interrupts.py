@@ -44,7 +44,7 @@ def test_the_console_shows_our_lines_and_run_log_keeps_the_libraries(tmp_path):
         (signal.SIGINT, 130, "round 1/4", RESUME),
         (signal.SIGTERM, 143, "round 1/4", RESUME),
         # while round 1 trains: the failed round is not presented as a result (no stopped_early summary)
-        (signal.SIGINT, 130, "training images", "no round was completed yet"),
+        (signal.SIGINT, 130, "training images", "no round is complete yet, the run is " + RESUME),
     ],
 )
 def test_an_interrupt_stops_everything_within_seconds_and_names_the_resume_command(

@@ -114,7 +114,10 @@ def test_killed_run_keeps_its_checkpoint_and_resumes(tmp_path):
         text=True,
     )
     deadline = time.monotonic() + 300
-    while not (run_dir / "checkpoint.json").exists() and time.monotonic() < deadline:
+    while time.monotonic() < deadline:  # written as each round starts: wait for a completed round
+        path = run_dir / "checkpoint.json"
+        if path.exists() and json.loads(path.read_text())["completed_round"] >= 1:
+            break
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)

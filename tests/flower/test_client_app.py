@@ -16,6 +16,7 @@ from pipeline.flower.client_app import HospitalClient, OutOfSync
 from pipeline.flower.context import STATE_DIR_KEY
 from pipeline.flower.hospital_state import HospitalState
 from pipeline.privacy.ledger import PrivacyLedger
+from pipeline.secagg.aggregates import Aggregate
 from pipeline.secagg.codec import CkksCodec
 from pipeline.secagg.wire import Payload, digest
 from strategies.server_optimizers import ServerOptimizer
@@ -72,6 +73,7 @@ def test_query_reports_sizes_only(tmp_path):
         M.NUM_CLASSES,
         M.IMAGE_SIZE,
         M.NUM_PARAMS,
+        M.MODEL_ROUND,  # public: the server counts the aggregates it sent (a returning hospital catches up)
     }
 
 
@@ -292,3 +294,50 @@ def test_a_hospital_capped_at_ten_takes_one_epsilon_8_study_and_refuses_a_second
     assert "hospital 0 refuses" in problem and "max-lifetime-epsilon=10" in problem
     left = 10.0 - trained[M.EPSILON]
     assert f"budget left: {left:.3f} of 10" in problem
+
+
+def test_a_hospital_back_from_an_outage_applies_the_chain_of_missed_aggregates_in_order(tmp_path):
+    # Prepare: it holds round 1; the message carries rounds 2 and 3 as a catch-up chain, then round 4
+    cfg = make_cfg("encryption=none", "privacy=none", "strategy=fedavgm")
+    client = HospitalClient(make_context(cfg, tmp_path))
+    start = client.global_weights().astype(np.float64)
+    opt = {"name": "fedavgm", "lr": 1.0, "momentum": 0.5}
+    steps = [np.full_like(start, 0.01 * r) for r in range(1, 5)]
+    client.sync(aggregate_message(1, steps[0], total_weight=1.0, count=1, opt=opt))
+    content = aggregate_message(4, steps[3], total_weight=1.0, count=1, opt=opt)
+    for rnd in (3, 2):  # the record names order them, not their insertion
+        earlier = RecordDict()
+        Payload(values=steps[rnd - 1].astype(np.float32)).put(earlier)
+        content[M.catch_up_key(rnd)] = Aggregate(rnd, Payload.get(earlier), 1.0, 1, opt).to_record()
+
+    # Execute
+    client.sync(content)
+
+    # Assert: the same weights as applying the four aggregates one by one (momentum makes order matter)
+    expected, state = start, {}
+    for step in steps:
+        expected, state = ServerOptimizer.from_spec(opt).step(expected, step, state)
+    assert client.model_round == 4
+    np.testing.assert_allclose(client.global_weights(), expected, atol=1e-5)
+
+
+def test_a_round_asked_again_is_answered_with_the_saved_reply_and_not_charged_twice(tmp_path):
+    # Prepare: an encrypted private hospital trains round 1 (attempt 0)
+    cfg = make_cfg()
+    client, roster = encrypted_hospital(cfg, tmp_path)
+    message = train_message(n_ref=client.data.num_train, roster=roster)
+    first = client.train(message)
+    steps = PrivacyLedger.from_json(HospitalState.load(client._state_file()).ledger, cfg.privacy.accountant).steps
+
+    # Execute: a resumed server asks for the same round and attempt (a new process: a new client)
+    again = HospitalClient(client.context).train(message)
+
+    # Assert: byte-identical ciphertexts and masks, no second charge; another attempt trains afresh
+    assert Payload.get(again).chunks == Payload.get(first).chunks
+    assert again[M.CONFIG][M.SELF_COMMIT] == first[M.CONFIG][M.SELF_COMMIT]
+    saved = HospitalState.load(client._state_file())
+    assert PrivacyLedger.from_json(saved.ledger, cfg.privacy.accountant).steps == steps > 0
+    retried = HospitalClient(client.context).train(train_message(n_ref=client.data.num_train, roster=roster, attempt=1))
+    assert Payload.get(retried).chunks != Payload.get(first).chunks
+    after = HospitalState.load(client._state_file())
+    assert PrivacyLedger.from_json(after.ledger, cfg.privacy.accountant).steps == 2 * steps

@@ -13,6 +13,7 @@ from pipeline.analysis.compare.comparison import SEED_METRICS, Comparison
 from pipeline.analysis.compare.metrics import ATTACK_COLUMNS, METRIC_COLUMNS
 from pipeline.analysis.compare.plots import plot_cost, plot_privacy_utility, plot_val_auc
 from pipeline.analysis.compare.values import ABSENT, INACTIVE, MISSING, show_value
+from pipeline.outputs.atomic import write_atomic
 
 
 def _human_bytes(n: float) -> str:
@@ -99,7 +100,7 @@ def write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _csv_value(row.get(k)) for k in columns})
-    path.write_text(buf.getvalue())
+    write_atomic(path, buf.getvalue())
 
 
 def report_markdown(c: Comparison, sources: Sequence[str]) -> str:
@@ -161,7 +162,7 @@ def write_report(c: Comparison, out: Path, sources: Sequence[str]) -> list[Path]
     out.mkdir(parents=True, exist_ok=True)
     written = []
     md = out / "comparison.md"
-    md.write_text(report_markdown(c, sources))
+    write_atomic(md, report_markdown(c, sources))
     written.append(md)
     write_csv(out / "comparison.csv", c.columns, c.table())
     written.append(out / "comparison.csv")
