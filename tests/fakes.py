@@ -1,10 +1,14 @@
-"""Test doubles that keep everything else real: a Grid that delivers messages in-process, and a small
-federation of real hospitals (real data, Opacus, TenSEAL, key agreement) behind it, without Ray."""
+"""Test doubles that keep everything else real: a Grid that delivers messages in-process, a small
+federation of real hospitals (real data, Opacus, TenSEAL, key agreement) behind it, without Ray,
+and another process holding a folder lock (a live run elsewhere)."""
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -24,6 +28,31 @@ from pipeline.secagg import keys as ckks_keys
 from pipeline.secagg.params import ROSTER_FILE, SIGNING_DIR
 
 Hospital = Callable[[Message], RecordDict | Error | None]  # None: no reply at all
+ROOT = Path(__file__).resolve().parents[1]
+_HOLD = (
+    "import sys, time\n"
+    "from pipeline.outputs.lock import FolderLock\n"
+    "lock = FolderLock.beside(sys.argv[1]) if sys.argv[2] == 'beside' else FolderLock(sys.argv[1])\n"
+    "lock.acquire()\n"
+    "print('held', flush=True)\n"
+    "time.sleep(120)\n"
+)
+
+
+@contextlib.contextmanager
+def held_elsewhere(folder: Path, beside: bool = False) -> Iterator[subprocess.Popen]:
+    """Another process that holds ``folder``'s lock until the block ends (``beside``: the lock file
+    next to the folder, as a run holds its private folder, :func:`pipeline.engines.workspace.private_lock`)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(folder), "beside" if beside else "inside"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "held", proc.stderr.read()
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 class FakeGrid:

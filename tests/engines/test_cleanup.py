@@ -2,44 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from fakes import held_elsewhere
 
 from pipeline.engines import cleanup
 from pipeline.engines.workspace import OWNER_FILE, private_folder, private_lock, read_owner, write_owner
 from pipeline.errors import RunFailed
 
 DAY = 86400
-HOLD = (
-    "import sys, time\n"
-    "from pipeline.engines.workspace import private_lock\n"
-    "private_lock(sys.argv[1]).acquire()\n"
-    "print('held', flush=True)\n"
-    "time.sleep(120)\n"
-)
-
-
-@contextlib.contextmanager
-def held_elsewhere(folder: Path) -> Iterator[subprocess.Popen]:
-    """Another process (a live run) that holds ``folder``'s private lock until the block ends."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(folder)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout.readline().strip() == "held", proc.stderr.read()
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def run_folder(root: Path, name: str, status: str | None = None, ended_days_ago: float = 0) -> Path:
@@ -109,7 +84,7 @@ def test_abandoned_folders_are_those_of_gone_or_long_ended_runs_and_unknown_owne
 
 def test_a_locked_folder_is_not_abandoned_and_never_removed(hospitals):
     folder = hospitals["gone"]
-    with held_elsewhere(folder) as run:
+    with held_elsewhere(folder, beside=True) as run:
         decision = cleanup.decide(folder, 7)
         with pytest.raises(RunFailed, match=f"pid {run.pid} "):
             cleanup.remove(folder)
@@ -137,7 +112,7 @@ def test_listing_removes_nothing(hospitals, capsys):
 
 def test_delete_removes_the_abandoned_folders_and_keeps_unknown_owners_without_the_flag(hospitals, capsys):
     root = hospitals["gone"].parent
-    with held_elsewhere(hospitals["stopped"]):
+    with held_elsewhere(hospitals["stopped"], beside=True):
         rc = cleanup.main(["--hospital-dir", str(root), "--delete"])
     out = capsys.readouterr().out
 

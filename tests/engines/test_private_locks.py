@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
-from conftest import DATA_ROOT, ROOT, compose_cfg
+from conftest import DATA_ROOT, compose_cfg
+from fakes import held_elsewhere
 
 from pipeline.engines import deployment, simulation
 from pipeline.engines.workspace import private_lock, read_owner
 from pipeline.errors import RunFailed
 from pipeline.outputs.lock import read_holder
-
-HOLD = (
-    "import sys, time\n"
-    "from pipeline.engines.workspace import private_lock\n"
-    "private_lock(sys.argv[1]).acquire()\n"
-    "print('held', flush=True)\n"
-    "time.sleep(120)\n"
-)
 
 
 def _cfg(tmp_path, *overrides: str):
@@ -66,15 +57,10 @@ def test_a_private_folder_held_by_another_run_is_refused_and_kept(tmp_path, engi
     cfg, run = _cfg(tmp_path, *overrides), tmp_path / "run"
     folder = folder_of(cfg, run)
     (folder / "state").mkdir(parents=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(folder)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout.readline().strip() == "held", proc.stderr.read()
-        with pytest.raises(RunFailed, match=f"is in use by another run \\(pid {proc.pid} "):
-            engine(cfg, run)
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
+    with (
+        held_elsewhere(folder, beside=True) as proc,
+        pytest.raises(RunFailed, match=f"is in use by another run \\(pid {proc.pid} "),
+    ):
+        engine(cfg, run)
 
     assert (folder / "state").is_dir()  # not removed as a stale folder

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -12,39 +11,14 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import DATA_ROOT, ROOT, compose_cfg
+from fakes import held_elsewhere
 
 from pipeline.errors import RunFailed
 from pipeline.outputs.lock import LOCK_NAME, FolderLock, live_holder, process_start_time, read_holder
-
-HOLD = (
-    "import sys, time\n"
-    "from pipeline.outputs.lock import FolderLock\n"
-    "lock = FolderLock.beside(sys.argv[1]) if sys.argv[2] == 'beside' else FolderLock(sys.argv[1])\n"
-    "lock.acquire()\n"
-    "print('held', flush=True)\n"
-    "time.sleep(120)\n"
-)
-
-
-@contextlib.contextmanager
-def held_elsewhere(folder: Path, beside: bool = False) -> Iterator[subprocess.Popen]:
-    """Another process that holds ``folder``'s lock until the block ends."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(folder), "beside" if beside else "inside"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        line = proc.stdout.readline()
-        assert line.strip() == "held", proc.stderr.read()
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def dead_pid() -> int:
