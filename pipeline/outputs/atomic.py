@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -87,6 +88,13 @@ def _create_from(tmp: str, path: Path) -> None:
         os.replace(tmp, path)
         return
     os.unlink(tmp)
+
+
+def write_figure(fig, path: str | Path, **options) -> Path:
+    """Render a matplotlib figure (format from the suffix) and write it with :func:`write_atomic`."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", **options)
+    return write_atomic(path, buf.getvalue())
 
 
 def _umask() -> int:

@@ -9,14 +9,13 @@ writes nothing for other data).
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from pipeline.outputs.atomic import write_atomic
+from pipeline.outputs.atomic import write_figure
 from pipeline.task.clinical import is_binary
 
 if TYPE_CHECKING:
@@ -118,8 +117,6 @@ def write_clinical_plots(
         (CALIBRATION_FILE, calibration_figure(report)),
     ):
         stem, ext = name.rsplit(".", 1)
-        buf = io.BytesIO()
-        fig.savefig(buf, format=ext, dpi=120)
+        written.append(write_figure(fig, run_dir / f"{stem}{suffix}.{ext}", dpi=120))
         plt.close(fig)
-        written.append(write_atomic(run_dir / f"{stem}{suffix}.{ext}", buf.getvalue()))
     return written

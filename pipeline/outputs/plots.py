@@ -10,6 +10,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.outputs.atomic import write_figure
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from omegaconf import DictConfig
@@ -128,6 +130,6 @@ def plot_rounds(rows: list[dict], path: Path, title: str = "", epsilon_target: f
     fig = rounds_figure(rows, title, epsilon_target)
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, dpi=110)
     plt.close(fig)
     return path

@@ -198,7 +198,9 @@ def save_grid(images: dict[str, torch.Tensor], report: dict[str, Any], path: Pat
         va="center",
     )
     fig.subplots_adjust(left=0.16, right=0.98, top=0.95, bottom=0.02, hspace=0.35, wspace=0.08)
-    fig.savefig(path, dpi=120)
+    from pipeline.outputs.atomic import write_figure
+
+    write_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 

@@ -14,6 +14,7 @@ from pipeline.analysis.compare.differences import setting_label
 from pipeline.analysis.compare.metrics import is_encrypted, is_private, mean_present
 from pipeline.analysis.compare.runs import Run
 from pipeline.analysis.compare.values import canon
+from pipeline.outputs.atomic import write_figure
 from pipeline.outputs.plots import auc_limits, bytes_unit, integer_rounds
 
 
@@ -28,7 +29,7 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, path: Path) -> Path:
     plt = _pyplot()
-    fig.savefig(path, dpi=110, bbox_inches="tight")  # legends below the axes stay in the picture
+    write_figure(fig, path, dpi=110, bbox_inches="tight")  # legends below the axes stay in the picture
     plt.close(fig)
     return path
 
