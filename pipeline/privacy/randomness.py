@@ -83,7 +83,11 @@ class SecureRandomness(MechanismRandomness):
     _MASK53 = (1 << 53) - 1
 
     def __init__(self) -> None:
-        cipher = Cipher(algorithms.ChaCha20(os.urandom(32), os.urandom(16)), mode=None)
+        # the 16-byte nonce is a 32-bit block counter (little-endian) then 96 random bits: the counter
+        # starts at 0, so the stream has its whole 2^32 blocks (256 GiB); a random counter would
+        # overflow after a random, possibly tiny, number of bytes
+        nonce = bytes(4) + os.urandom(12)
+        cipher = Cipher(algorithms.ChaCha20(os.urandom(32), nonce), mode=None)
         self._stream = cipher.encryptor()
 
     def _bytes(self, n: int) -> torch.Tensor:

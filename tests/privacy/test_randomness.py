@@ -91,3 +91,14 @@ def test_the_poisson_loader_keeps_the_shape_of_an_empty_batch():
 
     assert len(loader) == 2
     assert x.shape == (0, 1, 4, 4) and y.shape == (0,)
+
+
+def test_the_secure_stream_never_runs_out_whatever_the_os_entropy(monkeypatch):
+    # all-ones entropy is the worst nonce: with the block counter taken from it, 2^32 - 1, the
+    # ChaCha20 stream would overflow after one 64-byte block (a deployed round failed so)
+    monkeypatch.setattr("pipeline.privacy.randomness.os.urandom", lambda n: b"\xff" * n)
+    source = SecureRandomness()
+
+    z = source.normal(torch.Size([100_000]), 1.0, torch.float64, torch.device("cpu"))
+
+    assert z.shape == (100_000,) and np.isfinite(z.numpy()).all()
