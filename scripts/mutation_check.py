@@ -67,7 +67,7 @@ MUTATIONS = (
     ),
     Mutation(
         "lifetime cap not enforced",
-        "pipeline/flower/client_app.py",
+        "pipeline/flower/hospital.py",
         "if would <= cap * (1 + BUDGET_SLACK):",
         "if True:",
         ("tests/flower/test_client_app.py",),
@@ -123,7 +123,7 @@ MUTATIONS = (
     ),
     Mutation(
         "non-finite update encrypted and sent",
-        "pipeline/flower/client_app.py",
+        "pipeline/flower/hospital.py",
         "if not np.all(np.isfinite(change)):",
         "if False:",
         ("tests/flower/test_client_app.py",),

@@ -15,7 +15,7 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.flower import client_app, fault_mod
+from pipeline.flower import client_app, fault_mod, hospital
 from pipeline.flower.context import (
     EXPERIMENT_KEY,
     ROSTER_KEY,
@@ -163,7 +163,7 @@ def roster_config(contexts: list[Context]) -> dict:
 
     ids, keys, sigs = [], [], []
     for context in contexts:
-        conf = client_app.HospitalClient(context).query()[M.CONFIG]
+        conf = hospital.HospitalClient(context).query()[M.CONFIG]
         ids.append(int(conf[M.HOSPITAL]))
         keys.append(str(conf[M.AGREE_KEY]))
         sigs.append(bytes(conf[M.AGREE_SIG]))

@@ -132,6 +132,7 @@ class DeploymentConfig:
     keep_workspace: bool = MISSING
     startup_timeout: float = MISSING
     run_timeout: float = MISSING
+    hospital_service: bool = MISSING
 
 
 @dataclass

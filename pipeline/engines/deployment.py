@@ -47,6 +47,7 @@ from pipeline.flower.context import (
     PARTITION_KEY,
     ROSTER_KEY,
     SECRET_CONTEXT_KEY,
+    SERVICE_KEY,
     SIGNING_KEY_KEY,
     STATE_DIR_KEY,
 )
@@ -57,6 +58,15 @@ from pipeline.secagg.params import ROSTER_FILE
 log = logging.getLogger("fedmed")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: pyproject.toml, the Flower app
 CONNECTION = "fedmed-local"  # the SuperLink connection's name in $FLWR_HOME/config.toml
+# how often a SuperExec asks for work to launch (Flower's default 1 s waits up to a second a message)
+TASK_POLL_SECONDS = "0.1"
+
+
+def _die_with_parent() -> None:
+    """In a child, before exec: be killed when the process that started it dies, even by SIGKILL."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def free_port(host: str) -> int:
@@ -126,6 +136,7 @@ class LocalDeployment:
             FLWR_HOME=str(self.flwr_home),
             FLWR_TELEMETRY_ENABLED="0",
             FLWR_DISABLE_UPDATE_CHECK="1",
+            FLWR_SUPEREXEC_TASK_POLL_INTERVAL=TASK_POLL_SECONDS,
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
             PYTHONPATH=f"{PROJECT_ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}".rstrip(os.pathsep),
         )
@@ -144,10 +155,17 @@ class LocalDeployment:
         self.stop()
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        """Start ``cmd`` in its own process group, logging to ``logs/<name>.log``; it dies with this process."""
         self.logs.mkdir(parents=True, exist_ok=True)
         with open(self.logs / f"{name}.log", "ab") as out:
             proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env(), cwd=self.workspace, start_new_session=True
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env(),
+                cwd=self.workspace,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         self.processes[name] = proc
         return proc
@@ -206,6 +224,19 @@ class LocalDeployment:
         done = self.flwr("supernode", "register", str(public_key), CONNECTION, "--name", name, "--format", "json")
         if done.returncode != 0 or '"success": false' in done.stdout:
             raise RunFailed(f"registering {name}'s key failed: {(done.stdout + done.stderr).strip()[-300:]}")
+
+    def start_service(self, name: str, socket_path: Path) -> subprocess.Popen:
+        """Start a hospital's long-running service (:mod:`pipeline.flower.hospital_service`); wait until it listens."""
+        cmd = [sys.executable, "-m", "pipeline.flower.hospital_service", "--socket", str(socket_path)]
+        proc = self._spawn(name, cmd)
+        deadline = time.monotonic() + self.startup_timeout
+        while not socket_path.exists():
+            if proc.poll() is not None:
+                raise RunFailed(f"{name} exited with code {proc.returncode}: {self.log_tail(name)}")
+            if time.monotonic() > deadline:
+                raise RunFailed(f"{name} did not listen at {socket_path} within {self.startup_timeout:.0f} s")
+            time.sleep(0.1)
+        return proc
 
     def start_supernode(
         self,
@@ -314,6 +345,7 @@ class HospitalSite:
     data_root: Path
     secret_context: Path | None
     max_lifetime_epsilon: float | None = None
+    service: Path | None = None  # the socket of the hospital's long-running service (None: none)
 
     def node_config(self, hospital: int) -> dict[str, str | int | float]:
         values: dict[str, str | int | float] = {
@@ -327,6 +359,8 @@ class HospitalSite:
             values[ROSTER_KEY] = str(self.folder / ROSTER_FILE)
         if self.max_lifetime_epsilon is not None:  # the hospital's own cap (privacy.max_lifetime_epsilon here)
             values[MAX_LIFETIME_KEY] = float(self.max_lifetime_epsilon)
+        if self.service is not None:
+            values[SERVICE_KEY] = str(self.service)
         return values
 
 
@@ -350,7 +384,8 @@ def prepare_sites(cfg: DictConfig, workspace: Path, secret: Path | None) -> list
         if secret is not None:
             copy = write_atomic(folder / secret.name, secret.read_bytes(), private=True)
         cap = cfg.privacy.max_lifetime_epsilon if cfg.privacy.enabled else None
-        sites.append(HospitalSite(folder, private, public, folder, copy, cap))
+        service = folder / "service" / "hospital.sock" if cfg.deployment.hospital_service else None
+        sites.append(HospitalSite(folder, private, public, folder, copy, cap, service))
     if secret is not None:  # the pairwise masks: each hospital signs with its node key; all get the roster
         from pipeline.secagg.agreement import write_roster
 
@@ -416,6 +451,9 @@ def _deploy(cfg: DictConfig, run_dir: Path, workspace: Path) -> dict:
         ) as cluster:
             for i, site in enumerate(sites):
                 cluster.register(site.public_key, f"hospital-{i}")
+            for i, site in enumerate(sites):
+                if site.service is not None:
+                    cluster.start_service(f"hospital_service_{i}", site.service)
             for i, site in enumerate(sites):
                 cluster.start_supernode(f"supernode_{i}", site.node_config(i), site.private_key, cluster.ca_cert)
             run_id = cluster.submit(run_config)

@@ -29,6 +29,7 @@ MAX_LIFETIME_KEY = "max-lifetime-epsilon"  # the hospital's own cap on its spend
 SIGNING_KEY_KEY = "signing-key"  # the hospital's signing key (a SuperNode's node_key)
 SIGNING_DIR_KEY = "signing-dir"  # or a folder of signing keys hospital_<id>.key (simulation)
 ROSTER_KEY = "roster"  # the trusted roster of every hospital's public signing key (JSON)
+SERVICE_KEY = "hospital-service"  # the hospital's long-running service (a Unix socket; see hospital_service)
 
 
 @functools.lru_cache(maxsize=8)

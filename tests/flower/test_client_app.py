@@ -12,7 +12,7 @@ from fakes import hospital_contexts, roster_config
 from flwr.app import ConfigRecord, Context, RecordDict
 
 from pipeline.flower import messages as M
-from pipeline.flower.client_app import HospitalClient, OutOfSync
+from pipeline.flower.hospital import HospitalClient, OutOfSync
 from pipeline.flower.context import STATE_DIR_KEY
 from pipeline.flower.hospital_state import HospitalState
 from pipeline.privacy.ledger import PrivacyLedger

@@ -15,7 +15,7 @@ from fakes import real_federation
 from flwr.app import Message, RecordDict
 from omegaconf import OmegaConf
 
-from pipeline.flower import client_app
+from pipeline.flower import client_app, hospital
 from pipeline.flower import messages as M
 from pipeline.flower.context import EXPERIMENT_KEY
 from pipeline.flower.server_app import run_server
@@ -127,7 +127,7 @@ def test_a_hospital_dropping_after_mask_agreement_leaves_the_round_complete_and_
     # the server, even with a colluding key holder, gets nothing from the lost reply: decrypted and
     # stripped of every mask revealed, it is still uniform, unrelated to the update ...
     codec = _codec(cfg, tmp_path)
-    enc, size = cfg.encryption, len(client_app.HospitalClient(contexts[0]).global_weights())
+    enc, size = cfg.encryption, len(hospital.HospitalClient(contexts[0]).global_weights())
     shape, bits = layout(size, enc), slot_bits(enc)
     seen = codec.decrypt(Payload.get(lost["reply"]).chunks)[: shape.masked_slots]
     pairs = [(4, int(k), bytes.fromhex(seed)) for k, _, seed in first.unmask["dangling"]]
@@ -172,7 +172,7 @@ def test_a_reply_under_another_key_is_named_and_the_round_is_redone(tmp_path, mo
     assert "the reply of hospital 1 fails the key check at hospital 0" in caplog.text
     assert "round 2 (attempt 1) abandoned" in caplog.text
     assert summary["status"] == "completed" and summary["rounds_completed"] == 2
-    weights = [client_app.HospitalClient(c).global_weights() for c in contexts]
+    weights = [hospital.HospitalClient(c).global_weights() for c in contexts]
     assert all(np.isfinite(w).all() and np.array_equal(w, weights[0]) for w in weights)
 
 
@@ -224,7 +224,7 @@ def test_aggregates_refused_in_every_attempt_stop_the_run_with_the_last_good_mod
     assert "round 2: 2 attempts abandoned" in summary["stop_reason"]
     assert "refused the aggregate" in summary["stop_reason"]
     assert len(aggregates.load_all(run_dir)) == 1
-    assert all(client_app.HospitalClient(c).model_round == 1 for c in contexts)
+    assert all(hospital.HospitalClient(c).model_round == 1 for c in contexts)
 
 
 def test_each_round_row_splits_its_seconds_into_phases_that_add_up(tmp_path):

@@ -27,7 +27,7 @@ OUR_WARNING = record("py.warnings", logging.WARNING, "%s", f"{ROOT}/pipeline/tas
     "level, rec, shown",
     [
         ("info", record("fedmed.server", logging.INFO, "round 1/2 | ..."), True),
-        ("info", record("pipeline.flower.client_app", logging.WARNING, "hospital 0 refuses"), True),
+        ("info", record("pipeline.flower.hospital", logging.WARNING, "hospital 0 refuses"), True),
         ("info", record("flwr", logging.DEBUG, "Pre-registering run"), False),
         ("info", record("flwr", logging.INFO, "a library's progress"), False),
         ("info", record("flwr", logging.WARNING, "DEPRECATED FEATURE: run_simulation"), False),
