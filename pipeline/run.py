@@ -184,10 +184,8 @@ def interrupted(cfg: DictConfig, run_dir: Path, signum: int) -> None:
     """
     logs.unmute_console()
     close_live_progress()
-    if cfg.get("deployment") is not None:
-        log.error("interrupted: every deployment process was stopped; a deployment restarts from round 1")
-    else:
-        log.error("interrupted: %s", _saved(run_dir))
+    stopped = "every deployment process was stopped; " if cfg.get("deployment") is not None else ""
+    log.error("interrupted: %s%s", stopped, _saved(run_dir))
     release_all()  # os._exit skips atexit: the run's folder locks go now
     logging.shutdown()
     sys.stdout.flush()

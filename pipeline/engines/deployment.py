@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -37,10 +38,10 @@ from pathlib import Path
 import tomli_w
 from omegaconf import DictConfig
 
-from pipeline.engines.certificates import make_certificates, make_node_key
+from pipeline.engines.certificates import NODE_KEY, NODE_PUBLIC_KEY, make_certificates, make_node_key
 from pipeline.engines.run_config import node_config_arg, run_config_toml
 from pipeline.engines.workspace import private_folder, private_lock, write_owner
-from pipeline.errors import ConfigError, RunFailed
+from pipeline.errors import RunFailed
 from pipeline.flower.context import (
     DATA_ROOT_KEY,
     MAX_LIFETIME_KEY,
@@ -52,7 +53,7 @@ from pipeline.flower.context import (
     STATE_DIR_KEY,
 )
 from pipeline.outputs.atomic import write_atomic
-from pipeline.outputs.recorder import METRICS_FILE, read_metrics
+from pipeline.outputs.recorder import CHECKPOINT_FILE, METRICS_FILE, SUMMARY_FILE, read_metrics
 from pipeline.secagg.params import ROSTER_FILE
 
 log = logging.getLogger("fedmed")
@@ -60,6 +61,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: pyproject.to
 CONNECTION = "fedmed-local"  # the SuperLink connection's name in $FLWR_HOME/config.toml
 # how often a SuperExec asks for work to launch (Flower's default 1 s waits up to a second a message)
 TASK_POLL_SECONDS = "0.1"
+SUPERLINK_DB = "superlink.db"
+STATUS_SECONDS = 30.0  # how often a waiting deployment asks the SuperLink for the run's status anyway
 
 
 def _die_with_parent() -> None:
@@ -187,7 +190,7 @@ class LocalDeployment:
             str(self.port),
             "--disable-runtime-dependency-installation",
             "--database",
-            str(self.workspace / "superlink.db"),
+            str(self.workspace / SUPERLINK_DB),
         ]
         if self.insecure:
             log.warning("deployment.insecure=true: connections are NOT encrypted and SuperNodes are not authenticated")
@@ -295,26 +298,37 @@ class LocalDeployment:
         runs = json.loads(done.stdout).get("runs", [])
         return str(runs[0].get("status", "unknown")) if runs else "unknown"
 
-    def wait(self, run_id: int, timeout: float, on_poll: Callable[[], None] | None = None) -> str:
+    def wait(
+        self,
+        run_id: int,
+        timeout: float,
+        on_poll: Callable[[], None] | None = None,
+        maybe_done: Callable[[], bool] | None = None,
+    ) -> str:
         """Poll until the run finishes (calling ``on_poll`` each time, for progress); return the final status.
+
+        Asking the SuperLink (``flwr ls``) starts a Python process, seconds of CPU that the
+        hospitals need: it is asked when ``maybe_done()`` says the run may have ended, and every
+        :data:`STATUS_SECONDS` otherwise (every poll without ``maybe_done``).
 
         Raises:
             RunFailed: a process started here died, or the run outlasted ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
-        status = "unknown"
+        status, asked = "unknown", -math.inf
         while time.monotonic() < deadline:
             if on_poll is not None:
                 on_poll()
             for name, proc in self.processes.items():
                 if proc.poll() is not None:
                     raise RunFailed(f"{name} exited with code {proc.returncode} during the run: {self.log_tail(name)}")
-            status = self.run_status(run_id)
-            if status.startswith("finished"):
-                if on_poll is not None:
-                    on_poll()
-                return status
-            time.sleep(2)
+            if maybe_done is None or maybe_done() or time.monotonic() - asked > STATUS_SECONDS:
+                status, asked = self.run_status(run_id), time.monotonic()
+                if status.startswith("finished"):
+                    if on_poll is not None:
+                        on_poll()
+                    return status
+            time.sleep(0.5 if maybe_done is not None else 2)
         raise RunFailed(f"run {run_id} did not finish within {timeout:.0f} s (last status {status})")
 
     def stop(self) -> None:
@@ -371,15 +385,21 @@ def workspace_for(cfg: DictConfig, run_dir: Path) -> Path:
     return private_folder(cfg.federation.hospital_dir, run_dir, prefix="deploy-")
 
 
-def prepare_sites(cfg: DictConfig, workspace: Path, secret: Path | None) -> list[HospitalSite]:
-    """Each hospital's folder: its node key pair, its own data file, its copy of the secret context."""
+def prepare_sites(cfg: DictConfig, workspace: Path, secret: Path | None, resume: bool = False) -> list[HospitalSite]:
+    """Each hospital's folder: its node key pair, its own data file, its copy of the secret context.
+
+    A resumed deployment keeps each hospital's node key (its signing key: the roster and the
+    secure-aggregation state it signed stay valid) and its ``state`` folder (model, ledgers).
+    """
     from pipeline.task.sites import export_hospital_files
 
     sites = []
     data_files = export_hospital_files(cfg, workspace / "hospitals")
     for data_file in data_files:
         folder = data_file.parent
-        private, public = make_node_key(folder)
+        private, public = folder / NODE_KEY, folder / NODE_PUBLIC_KEY
+        if not (resume and private.exists() and public.exists()):
+            private, public = make_node_key(folder)
         copy = None
         if secret is not None:
             copy = write_atomic(folder / secret.name, secret.read_bytes(), private=True)
@@ -411,6 +431,19 @@ def round_echo(run_dir: Path, rounds: int, echo: Callable[[str], None]) -> Calla
     return poll
 
 
+def summary_changed(run_dir: Path) -> Callable[[], bool]:
+    """Whether the run's summary.json was written since this was made (the server writes it last)."""
+
+    def stamp() -> tuple[int, int] | None:
+        with contextlib.suppress(FileNotFoundError):
+            st = (run_dir / SUMMARY_FILE).stat()
+            return (st.st_ino, st.st_mtime_ns)
+        return None
+
+    before = stamp()
+    return lambda: stamp() != before
+
+
 def run_local_deployment(cfg: DictConfig, run_dir: Path) -> dict:
     """Run ``cfg`` on a local SuperLink + one SuperNode per hospital; return the run's summary.
 
@@ -419,23 +452,49 @@ def run_local_deployment(cfg: DictConfig, run_dir: Path) -> dict:
     run (:func:`~pipeline.engines.workspace.private_lock`: the lock file lies beside it, so that
     replacing a stale workspace keeps the lock) and records its run in ``owner.json``.
 
+    ``resume=<run folder>`` continues a deployment that was stopped or killed: in the same
+    workspace, with the same CKKS keys, node keys and hospital state folders (their ledgers and
+    saved replies), on a fresh SuperLink; what the killed run left running is stopped first.
+
     Raises:
-        ConfigError: ``resume`` was given.
-        RunFailed: another live run holds the workspace, or the deployment failed.
+        RunFailed: another live run holds the workspace; a resume whose workspace is gone; the
+            deployment failed.
     """
-    if cfg.resume:
-        raise ConfigError("resume=... is not supported with deployment=local; start the deployment anew")
     workspace = workspace_for(cfg, run_dir)
     with private_lock(workspace):
-        if workspace.exists():
-            shutil.rmtree(workspace)
-        workspace.mkdir(parents=True)
+        resume = bool(cfg.resume) and workspace.exists()
+        if cfg.resume and not resume and (run_dir / CHECKPOINT_FILE).exists():
+            raise RunFailed(
+                f"resume={cfg.resume}: the deployment's workspace {workspace} (keys, the hospitals' ledgers) is gone, "
+                "so it cannot be resumed: start anew"
+            )
+        if resume:
+            stop_leftovers(workspace)
+            with contextlib.suppress(FileNotFoundError):
+                (workspace / SUPERLINK_DB).unlink()  # the killed SuperLink's runs: the resumed run is a new one
+        else:
+            if workspace.exists():
+                shutil.rmtree(workspace)
+            workspace.mkdir(parents=True)
         write_owner(workspace, run_dir)
-        return _deploy(cfg, run_dir, workspace)
+        return _deploy(cfg, run_dir, workspace, resume)
 
 
-def _deploy(cfg: DictConfig, run_dir: Path, workspace: Path) -> dict:
-    """Keys, sites, the cluster and the run, in the fresh ``workspace``; the run's summary."""
+def stop_leftovers(workspace: Path) -> None:
+    """Kill what a killed deployment left running (anything with this workspace's ``FLWR_HOME``)."""
+    leftovers = flwr_processes(workspace / "flwr_home")
+    if leftovers:
+        log.warning("stopping %d process(es) left running by the interrupted deployment", len(leftovers))
+    for pid in leftovers:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while flwr_processes(workspace / "flwr_home") and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _deploy(cfg: DictConfig, run_dir: Path, workspace: Path, resume: bool = False) -> dict:
+    """Keys, sites, the cluster and the run in ``workspace`` (kept from the run it resumes); the summary."""
     from pipeline.engines.simulation import finish, make_ckks_keys
 
     dep = cfg.deployment
@@ -443,7 +502,7 @@ def _deploy(cfg: DictConfig, run_dir: Path, workspace: Path) -> dict:
     if cfg.encryption.enabled:
         secret, public = make_ckks_keys(cfg, workspace / "consortium")
         public = write_atomic(workspace / "server" / public.name, public.read_bytes())
-    sites = prepare_sites(cfg, workspace, secret)
+    sites = prepare_sites(cfg, workspace, secret, resume)
     run_config = write_atomic(workspace / "server" / "run_config.toml", run_config_toml(cfg, run_dir, public))
     try:
         with LocalDeployment(
@@ -459,7 +518,7 @@ def _deploy(cfg: DictConfig, run_dir: Path, workspace: Path) -> dict:
             run_id = cluster.submit(run_config)
             log.info("flwr run: run %d submitted to %s with %d SuperNodes", run_id, cluster.address, len(sites))
             progress = round_echo(run_dir, int(cfg.federation.rounds), lambda line: log.info("%s", line))
-            status = cluster.wait(run_id, float(dep.run_timeout), progress)
+            status = cluster.wait(run_id, float(dep.run_timeout), progress, summary_changed(run_dir))
             if status != "finished:completed":
                 raise RunFailed(f"run {run_id} ended {status}: {cluster.log_tail('superlink', 8)}")
         summary = finish(cfg, run_dir, secret)

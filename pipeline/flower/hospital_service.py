@@ -34,6 +34,7 @@ import socket
 import stat
 import struct
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -204,6 +205,7 @@ def handle(conn: socket.socket) -> None:
     )
     from flwr.common.serde import recorddict_to_proto
 
+    start = time.perf_counter()
     try:
         reply = answer(content, context, str(header["handler"]))
     except Exception as err:  # the ClientApp raises it: Flower reports the message as failed
@@ -213,6 +215,7 @@ def handle(conn: socket.socket) -> None:
         return
     _send(conn, json.dumps({"ok": True}).encode())
     _send(conn, recorddict_to_proto(reply).SerializeToString())
+    log.info("%s answered in %.2f s", header["handler"], time.perf_counter() - start)
 
 
 def serve(path: Path, on_ready: Callable[[], None] | None = None) -> None:

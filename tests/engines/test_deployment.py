@@ -8,9 +8,13 @@ check that every process they started is gone afterwards.
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +29,7 @@ from pipeline.engines.certificates import make_certificates, make_node_key
 from pipeline.engines.deployment import LocalDeployment, flwr_processes, processes_with_environment
 from pipeline.engines.run_config import node_config_arg, run_config_toml
 from pipeline.errors import ConfigError, DataError
+from pipeline.outputs.recorder import read_metrics
 from pipeline.task.sites import export_hospital_files, hospital_data, own_hospital_data
 
 try:
@@ -271,3 +276,57 @@ def test_a_failed_deployment_stops_every_process_and_keeps_its_workspace(tmp_pat
     assert f"workspace kept for inspection (logs, keys): {workspace}" in done.stderr + done.stdout
     assert (workspace / "logs" / "superlink.log").exists()
     assert processes_with_environment(str(tmp_path)) == []
+
+
+@pytest.mark.e2e
+def test_a_deployment_killed_mid_round_resumes_with_every_hospital_ledger_kept(tmp_path):
+    # Prepare: a 3-round deployment, SIGKILLed (its whole process group) while round 2 trains
+    run_dir, private = tmp_path / "run", tmp_path / "hospitals"
+    cmd = [sys.executable, "scripts/deploy_local.py", f"run_dir={run_dir}", *SMALL, "federation.rounds=3"]
+    cmd.append(f"federation.hospital_dir={private}")
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )  # fmt: skip
+    deadline = time.monotonic() + 900
+    while proc.poll() is None and time.monotonic() < deadline:
+        progress = _json(run_dir / "checkpoint.json").get("in_progress", {})
+        if progress.get("round") == 2 and not progress.get("evaluating"):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the deployment ended before round 2"
+    time.sleep(random.uniform(0.0, 3.0))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    (workspace,) = [p for p in private.iterdir() if p.is_dir()]
+    study = OmegaConf.load(run_dir / "config.yaml").study_id
+    states = sorted(workspace.glob(f"hospitals/hospital_*/state/{study}/hospital_*.npz"))
+    gone = time.monotonic() + 30  # the SuperLink, SuperNodes and services die with the process that started them
+    while flwr_processes(workspace / "flwr_home") and time.monotonic() < gone:
+        time.sleep(0.2)
+    leftovers = flwr_processes(workspace / "flwr_home")
+
+    # Execute
+    resumed = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", f"resume={run_dir}"], cwd=ROOT, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+
+    # Assert: the killed run kept its workspace and state; the resumed one completes round 2 and 3 with
+    # each hospital charged once a round (the ledgers were kept), then leaves nothing behind
+    assert len(states) == 3 and leftovers == []
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    summary = _json(run_dir / "summary.json")
+    assert summary["status"] == "completed" and summary["engine"] == "deployment"
+    assert [r["round"] for r in read_metrics(run_dir / "metrics.csv")] == [1, 2, 3]
+    hospitals = _json(run_dir / "privacy.json")["hospitals"]
+    assert sorted(hospitals) == ["0", "1", "2"]
+    assert all(h["rounds_trained"] == 3 and len(h["history"]) == 1 for h in hospitals.values()), hospitals
+    assert all(0 < e <= 8.0 for e in summary["epsilon"].values()) and len(summary["epsilon"]) == 3
+    assert not workspace.exists() and flwr_processes(workspace / "flwr_home") == []
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}

@@ -4,6 +4,7 @@ what a hospital sends, what it refuses to send, and how it keeps its state and p
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +13,8 @@ from fakes import hospital_contexts, roster_config
 from flwr.app import ConfigRecord, Context, RecordDict
 
 from pipeline.flower import messages as M
-from pipeline.flower.hospital import HospitalClient, OutOfSync
 from pipeline.flower.context import STATE_DIR_KEY
+from pipeline.flower.hospital import HospitalClient, OutOfSync
 from pipeline.flower.hospital_state import HospitalState
 from pipeline.privacy.ledger import PrivacyLedger
 from pipeline.secagg.aggregates import Aggregate
@@ -294,6 +295,26 @@ def test_a_hospital_capped_at_ten_takes_one_epsilon_8_study_and_refuses_a_second
     assert "hospital 0 refuses" in problem and "max-lifetime-epsilon=10" in problem
     left = 10.0 - trained[M.EPSILON]
     assert f"budget left: {left:.3f} of 10" in problem
+
+
+def test_one_hospital_takes_part_in_two_studies_each_with_its_own_state_and_one_lifetime_ledger(tmp_path):
+    # Prepare: the same hospital (same state folder) in two studies
+    def hospital(study: str) -> HospitalClient:
+        return HospitalClient(make_context(make_cfg("encryption=none", f"study_id={study}"), tmp_path))
+
+    # Execute: study one trains round 1 and applies its aggregate; study two then starts
+    first = hospital("study-one")
+    first.train(train_message(n_ref=first.data.num_train))
+    first.evaluate(aggregate_message(1, np.full(len(first.global_weights()), 0.01), 1.0, 1))
+    second = hospital("study-two")
+    second_reply = second.train(train_message(n_ref=second.data.num_train))[M.CONFIG]
+
+    # Assert: study two starts from round 0 (not out of sync with study one's round 1); one file each;
+    # the lifetime ledger holds both studies' spending
+    assert hospital("study-one").model_round == 1 and second_reply[M.MODEL_ROUND] == 0
+    states = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("hospital_0.npz"))
+    assert [Path(p).parent.name for p in states] == ["study-one", "study-two"]
+    assert sorted(e.study for e in second.lifetime().entries) == ["study-one", "study-two"]
 
 
 def test_a_hospital_back_from_an_outage_applies_the_chain_of_missed_aggregates_in_order(tmp_path):
