@@ -269,7 +269,7 @@ class HospitalClient:
         asked = f"{rnd}:{int(conf.get(M.ATTEMPT, 0))}:{self.model_round}"
         if self.state.sent and self.state.sent_for == asked:
             log.info("hospital %d: round %s was trained already; re-sending the saved reply", self.id, asked)
-            return load_reply(self.state.sent)
+            return M.from_bytes(self.state.sent)
         if self.model_round != rnd - 1:
             raise OutOfSync(f"holds the model of round {self.model_round}, round {rnd} needs round {rnd - 1}")
         plan = plan_for_run(self.cfg, self.data.num_train)
@@ -343,7 +343,7 @@ class HospitalClient:
         payload.put(content_out)
         # charged and kept in one write, before the reply leaves: a kill before it released nothing
         # (the round is trained afresh), a kill after it re-sends this very reply
-        self.state.sent, self.state.sent_for = dump_reply(content_out), asked
+        self.state.sent, self.state.sent_for = M.to_bytes(content_out), asked
         self.state.save()
         return content_out
 
@@ -458,23 +458,6 @@ class HospitalClient:
                 ),
             }
         )
-
-
-def dump_reply(content: RecordDict) -> bytes:
-    """``content`` as bytes (Flower's own protobuf form of a RecordDict), for the hospital's state file."""
-    from flwr.common.serde import recorddict_to_proto
-
-    return recorddict_to_proto(content).SerializeToString()
-
-
-def load_reply(data: bytes) -> RecordDict:
-    """Inverse of :func:`dump_reply`."""
-    from flwr.common.serde import recorddict_from_proto
-    from flwr.proto.recorddict_pb2 import RecordDict as RecordDictProto
-
-    proto = RecordDictProto()
-    proto.ParseFromString(data)
-    return recorddict_from_proto(proto)
 
 
 def _adverts(conf: ConfigRecord) -> dict[int, tuple[bytes, bytes]]:

@@ -42,6 +42,8 @@ from typing import TypeVar
 
 from flwr.app import Context, RecordDict
 
+from pipeline.flower import messages as M
+
 log = logging.getLogger("fedmed")
 _LENGTH = struct.Struct(">Q")
 _MAX_PATH = 100  # a Unix socket's path is at most 107 bytes; longer ones are reached from their folder
@@ -93,8 +95,6 @@ def ask(path: str | Path, handler: str, content: RecordDict, context: Context) -
         ServiceUnavailable: nothing listens at ``path``, or the service dropped the connection.
         RuntimeError: the service's handler failed (its error, one line).
     """
-    from flwr.common.serde import recorddict_to_proto
-
     path = Path(path)
     header = {
         "handler": handler,
@@ -113,23 +113,14 @@ def ask(path: str | Path, handler: str, content: RecordDict, context: Context) -
             ) from err
         try:
             _send(conn, json.dumps(header).encode())
-            _send(conn, recorddict_to_proto(content).SerializeToString())
+            _send(conn, M.to_bytes(content))
             status = json.loads(_recv(conn))
             body = _recv(conn)
         except (ConnectionError, OSError) as err:
             raise ServiceUnavailable(f"the hospital service at {path} dropped the connection: {err}") from err
     if not status.get("ok"):
         raise RuntimeError(f"hospital service: {status.get('error', 'unknown error')}")
-    return _parse(body)
-
-
-def _parse(body: bytes) -> RecordDict:
-    from flwr.common.serde import recorddict_from_proto
-    from flwr.proto.recorddict_pb2 import RecordDict as RecordDictProto
-
-    proto = RecordDictProto()
-    proto.ParseFromString(body)
-    return recorddict_from_proto(proto)
+    return M.from_bytes(body)
 
 
 # --- the service ------------------------------------------------------------------------
@@ -195,7 +186,7 @@ def handle(conn: socket.socket) -> None:
         _send(conn, b"")
         return
     header = json.loads(_recv(conn))
-    content = _parse(_recv(conn))
+    content = M.from_bytes(_recv(conn))
     context = Context(
         run_id=int(header["run_id"]),
         node_id=int(header["node_id"]),
@@ -203,8 +194,6 @@ def handle(conn: socket.socket) -> None:
         state=RecordDict(),  # a hospital's state lives in its own file (hospital_state), never here
         run_config=dict(header["run_config"]),
     )
-    from flwr.common.serde import recorddict_to_proto
-
     start = time.perf_counter()
     try:
         reply = answer(content, context, str(header["handler"]))
@@ -214,7 +203,7 @@ def handle(conn: socket.socket) -> None:
         _send(conn, b"")
         return
     _send(conn, json.dumps({"ok": True}).encode())
-    _send(conn, recorddict_to_proto(reply).SerializeToString())
+    _send(conn, M.to_bytes(reply))
     log.info("%s answered in %.2f s", header["handler"], time.perf_counter() - start)
 
 

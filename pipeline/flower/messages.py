@@ -6,6 +6,11 @@ their ConfigRecords, named once. The update payload's own format is :mod:`pipeli
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flwr.app import RecordDict
+
 # Message types beyond Flower's train/evaluate.
 QUERY = "query"
 TRAIN = "train"
@@ -82,3 +87,20 @@ CATCH_UP_PREFIX = "catch-up-"
 def catch_up_key(agg_round: int) -> str:
     """The record name of round ``agg_round``'s aggregate in a catch-up chain (sorts by round)."""
     return f"{CATCH_UP_PREFIX}{agg_round:06d}"
+
+
+def to_bytes(content: RecordDict) -> bytes:
+    """``content`` as bytes in Flower's own protobuf form (a saved reply, the hospital service's wire)."""
+    from flwr.common.serde import recorddict_to_proto
+
+    return recorddict_to_proto(content).SerializeToString()
+
+
+def from_bytes(data: bytes) -> RecordDict:
+    """Inverse of :func:`to_bytes`."""
+    from flwr.common.serde import recorddict_from_proto
+    from flwr.proto.recorddict_pb2 import RecordDict as RecordDictProto
+
+    proto = RecordDictProto()
+    proto.ParseFromString(data)
+    return recorddict_from_proto(proto)
