@@ -33,7 +33,7 @@ def test_the_private_folder_is_locked_for_the_run_and_names_its_owner(
     (folder / "stale").mkdir(parents=True)  # an earlier run's
     seen = {}
 
-    def body(cfg, run_dir, private):
+    def body(cfg, run_dir, private, *_resume):
         seen["holder"] = read_holder(private_lock(private).lock_file)
         seen["owner"] = read_owner(private)
         seen["stale"] = (private / "stale").exists()
