@@ -15,7 +15,8 @@ next. ``deployment=local`` starts one per hospital (``deployment.hospital_servic
 What it holds (the secret key, the data, the ledger) stays where it was: the socket is created
 owner-only (0600, no window) in an owner-only folder, and only a peer of the same user
 (``SO_PEERCRED``) is answered. The service runs the hospital's installed code
-(:func:`pipeline.flower.hospital.answer`), whatever FAB the server sent.
+(:func:`pipeline.flower.hospital.answer`); the ClientApp process that relays to it is still the
+FAB the server sent, run as the hospital's user, exactly as without the service.
 
 Wire: each frame is an 8-byte big-endian length and its bytes. A request is a JSON header
 (handler, run and node ids, node and run config) then the message content (Flower's protobuf
