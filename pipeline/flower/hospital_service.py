@@ -3,7 +3,7 @@
 Flower's Deployment Engine starts a fresh ClientApp process for every message (Flower 1.42 has no
 long-running ClientApp), and each would import torch, MONAI (about 7 s here: MONAI imports all its
 submodules), Opacus and TenSEAL, and load the data and the keys again: three messages a round
-made a deployed round cost ten times a simulated one. With the node config
+made a deployed round cost about 14 times a simulated one. With the node config
 ``hospital-service=<socket>`` the ClientApp only relays: it sends the message over a Unix socket
 to this process, which the hospital starts once, beside its SuperNode::
 
