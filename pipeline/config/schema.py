@@ -60,6 +60,7 @@ class TrainConfig:
     batch_size: int = MISSING
     optimizer: Any = MISSING
     threads: int = MISSING
+    augmentation_multiplicity: int | None = None  # null (a config from before the key): 1
 
 
 @dataclass

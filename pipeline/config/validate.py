@@ -97,6 +97,18 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(train.local_epochs >= 1, f"train.local_epochs={train.local_epochs} must be >= 1")
     _check(train.batch_size >= 1, f"train.batch_size={train.batch_size} must be >= 1")
     _check(train.threads >= 1, f"train.threads={train.threads} must be >= 1")
+    views = 1 if train.augmentation_multiplicity is None else train.augmentation_multiplicity
+    _check(views >= 1, f"train.augmentation_multiplicity={views} must be >= 1 (1 = one view per sample)")
+    _check(
+        views == 1 or bool(cfg.data.get("augment")),
+        f"train.augmentation_multiplicity={views} needs data.augment (the views of a sample would be identical); "
+        "use data.augment=true or train.augmentation_multiplicity=1",
+    )
+    _check(
+        views == 1 or not cfg.privacy.enabled or cfg.privacy.grad_sample_mode == "bk",
+        f"train.augmentation_multiplicity={views} needs privacy.grad_sample_mode=bk (not "
+        f"{cfg.privacy.get('grad_sample_mode')}): only bk clips a sample's views as one",
+    )
     _check(
         fed.mode != "federated" or train.threads <= math.ceil(fed.cpus_per_hospital),
         f"train.threads={train.threads} exceeds federation.cpus_per_hospital={fed.cpus_per_hospital}: concurrent "

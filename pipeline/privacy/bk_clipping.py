@@ -18,6 +18,12 @@ from the hospital's randomness (:mod:`pipeline.privacy.randomness`).
 
 Layers with trainable parameters must be Conv1d/2d/3d, Linear, GroupNorm, LayerNorm or PReLU,
 each run once per forward pass; anything else is refused when the model is wrapped.
+
+Augmentation multiplicity (De et al. 2022): with ``copies`` = K, each batch holds K augmented
+views of every sampled image, in consecutive rows. A sample's gradient is then the mean of its
+views' gradients (the loss of a sample is the mean over its views), clipped as one: every
+per-sample quantity sums the K rows of a sample before its norm is taken, so the sensitivity,
+the noise and the accounting stay those of one image per sampled index.
 """
 
 from __future__ import annotations
@@ -87,6 +93,11 @@ class _LayerTerms:
 
     sq_norms: Tensor
     sums: dict[nn.Parameter, ClippedSum]
+    copies: int = 1
+
+    def add_per_row(self, p: nn.Parameter, per_row: Tensor) -> None:
+        """From materialised per-row gradients [batch * copies, ...] of ``p``: a sample's rows are summed."""
+        self.add_per_sample(p, per_row.reshape(len(per_row) // self.copies, self.copies, -1).sum(1))
 
     def add_per_sample(self, p: nn.Parameter, per_sample: Tensor) -> None:
         """From materialised per-sample gradients [batch, ...] of ``p``."""
@@ -110,15 +121,19 @@ class BookKeepingModule(nn.Module):
         module: the model; every layer with trainable parameters must be one of
             :data:`SUPPORTED_LAYERS` (else :class:`~pipeline.errors.ConfigError`).
         max_grad_norm: the clipping bound C.
+        copies: rows per sample in a batch (augmentation multiplicity, module docstring); 1 = none.
         freeze_params: parameters do not require grad between forward and clipping, so that
             autograd skips their (unclipped) weight gradients. ``False`` lets autograd compute
             them and then overwrites them (slower; kept for measurement).
     """
 
-    def __init__(self, module: nn.Module, max_grad_norm: float, freeze_params: bool = True) -> None:
+    def __init__(self, module: nn.Module, max_grad_norm: float, copies: int = 1, freeze_params: bool = True) -> None:
         super().__init__()
+        if copies < 1:
+            raise ValueError(f"copies={copies} must be >= 1")
         self._module = module
         self.max_grad_norm = float(max_grad_norm)
+        self.copies = int(copies)
         self.freeze_params = freeze_params
         self.layers = _trainable_layers(module)
         self.trainable = [p for layer in self.layers for p in layer.parameters()]
@@ -162,10 +177,13 @@ class BookKeepingModule(nn.Module):
         records, self._records = self._records, {}
         try:
             self._refuse_accumulation()
-            batch = next((len(r.activation) for r in records.values()), 0)
+            rows = next((len(r.activation) for r in records.values()), 0)
+            if rows % self.copies:
+                raise RuntimeError(f"grad_sample_mode=bk: a batch of {rows} rows is not {self.copies} views per sample")
+            batch = rows // self.copies
             cache: dict = {}
             terms = [
-                _layer_terms(self._specs[layer], rec.activation, rec.grad, cache)
+                _layer_terms(self._specs[layer], rec.activation, rec.grad, cache, self.copies)
                 for layer, rec in records.items()
                 if rec.grad is not None and batch > 0
             ]
@@ -225,8 +243,9 @@ class BookKeepingModule(nn.Module):
 class BookKeepingLoss:
     """Criterion for :class:`BookKeepingModule`: per-sample losses whose ``backward()`` clips.
 
-    The loss is reduced by a mean for reporting; gradients are taken of the per-sample sum, and
-    the optimizer divides by the expected batch size (Opacus's ``loss_reduction="mean"``).
+    The loss is reduced by a mean for reporting; gradients are taken of the per-sample sum (a
+    sample's loss being the mean over its ``module.copies`` views), and the optimizer divides by
+    the expected batch size (Opacus's ``loss_reduction="mean"``).
     """
 
     def __init__(self, module: BookKeepingModule, criterion: nn.Module) -> None:
@@ -246,7 +265,7 @@ class BookKeepingLossValue:
         self.per_sample = per_sample
 
     def backward(self) -> None:
-        self.per_sample.sum().backward()
+        (self.per_sample.sum() / self.module.copies).backward()
         self.module.clip_gradients()
 
     def detach(self) -> Tensor:
@@ -282,12 +301,14 @@ def make_private_bookkeeping(
     data_loader: DataLoader,
     noise_multiplier: float,
     max_grad_norm: float,
+    copies: int = 1,
 ) -> tuple[BookKeepingModule, BookKeepingOptimizer, BookKeepingLoss, DataLoader]:
     """``engine.make_private`` for bk mode: the DP optimizer and the accounting stay Opacus's.
 
     Follows :meth:`opacus.PrivacyEngine.make_private` step by step (flat clipping, mean loss
     reduction, one process), with :class:`BookKeepingModule` in place of a GradSampleModule.
     ``data_loader`` must already be a Poisson loader; its length is the number of steps per epoch.
+    ``copies``: augmented views per sample in each batch (module docstring).
 
     Raises:
         ConfigError: a layer bk cannot train (see :data:`SUPPORTED_LAYERS`).
@@ -296,7 +317,7 @@ def make_private_bookkeeping(
     if any(p not in params for group in optimizer.param_groups for p in group["params"]):
         raise ValueError("Module parameters are different than optimizer Parameters")
     engine.validate(module=module, optimizer=None, data_loader=None)  # BatchNorm & co., as Opacus
-    wrapped = BookKeepingModule(module, max_grad_norm)
+    wrapped = BookKeepingModule(module, max_grad_norm, copies)
     dp_loader = data_loader  # already a Poisson loader (pipeline.privacy.randomness.poisson_loader)
     sample_rate = 1 / len(dp_loader)
     dp_optimizer = BookKeepingOptimizer(
@@ -342,13 +363,14 @@ def _trainable_layers(module: nn.Module) -> list[_Layer]:
     return layers
 
 
-def _layer_terms(spec: _Layer, a: Tensor, g: Tensor, cache: dict) -> _LayerTerms:
+def _layer_terms(spec: _Layer, a: Tensor, g: Tensor, cache: dict, copies: int = 1) -> _LayerTerms:
     """Per-sample squared norms and clipped sums of one layer's trainable parameters.
 
-    ``cache`` holds what layers of one step can share (patch Gram matrices).
+    ``a`` and ``g`` have ``copies`` consecutive rows per sample. ``cache`` holds what layers of
+    one step can share (patch Gram matrices).
     """
     layer = spec.module
-    terms = _LayerTerms(a.new_zeros(len(a)), {})
+    terms = _LayerTerms(a.new_zeros(len(a) // copies), {}, copies)
     if isinstance(layer, nn.Linear):
         _linear(terms, spec, a, g)
     elif isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
@@ -361,20 +383,21 @@ def _layer_terms(spec: _Layer, a: Tensor, g: Tensor, cache: dict) -> _LayerTerms
             dims = tuple(range(1, a.dim() - len(layer.normalized_shape)))  # everything not normalised
             x_hat = F.layer_norm(a, layer.normalized_shape, eps=layer.eps) if spec.weight else None
         if x_hat is not None:
-            terms.add_per_sample(layer.weight, (x_hat * g).sum(dims) if dims else x_hat * g)
+            terms.add_per_row(layer.weight, (x_hat * g).sum(dims) if dims else x_hat * g)
         if spec.bias:
-            terms.add_per_sample(layer.bias, g.sum(dims) if dims else g)
+            terms.add_per_row(layer.bias, g.sum(dims) if dims else g)
     elif isinstance(layer, nn.PReLU):
         neg = a.clamp(max=0) * g
         one = layer.weight.numel() == 1
-        terms.add_per_sample(layer.weight, neg.flatten(1).sum(1) if one else neg.sum(tuple(range(2, a.dim()))))
+        terms.add_per_row(layer.weight, neg.flatten(1).sum(1) if one else neg.sum(tuple(range(2, a.dim()))))
     else:
         raise AssertionError(f"unsupported layer {type(layer).__name__} passed the wrap-time check")
     return terms
 
 
 def _linear(terms: _LayerTerms, spec: _Layer, a: Tensor, g: Tensor) -> None:
-    layer, batch = spec.module, len(a)
+    """A sample's views are more positions of one sample: ``sum_t a_t g_t`` runs over all of them."""
+    layer, batch = spec.module, len(a) // terms.copies
     d_in, d_out = layer.in_features, layer.out_features
     a, g = a.reshape(batch, -1, d_in), g.reshape(batch, -1, d_out)
     steps = a.shape[1]
@@ -394,9 +417,9 @@ def _linear(terms: _LayerTerms, spec: _Layer, a: Tensor, g: Tensor) -> None:
 
 def _conv(terms: _LayerTerms, spec: _Layer, a: Tensor, g: Tensor, cache: dict) -> None:
     """Ghost norm where it applies and costs less than materialising; else grouped-conv per-sample grads."""
-    layer, batch, dims = spec.module, len(a), a.dim() - 2
+    layer, batch, dims = spec.module, len(a), a.dim() - 2  # batch: rows (copies per sample)
     if spec.bias:
-        terms.add_per_sample(layer.bias, g.sum(tuple(range(2, g.dim()))))
+        terms.add_per_row(layer.bias, g.sum(tuple(range(2, g.dim()))))
     if not spec.weight:
         return
     if isinstance(layer.padding, str) or layer.padding_mode != "zeros":  # pad explicitly, as Conv does
@@ -410,8 +433,9 @@ def _conv(terms: _LayerTerms, spec: _Layer, a: Tensor, g: Tensor, cache: dict) -
     out_ch, in_per_group = layer.weight.shape[:2]
     patch = in_per_group * math.prod(layer.kernel_size)
     positions = math.prod(g.shape[2:])
+    copies = terms.copies  # a sample's views are more positions of one sample in the ghost norm
     ghost_applies = groups == 1 and dims <= 2
-    ghost_cheaper = positions * (patch + out_ch) < out_ch * patch or batch * out_ch * patch > MAX_MATERIALISED
+    ghost_cheaper = copies * positions * (patch + out_ch) < out_ch * patch or batch * out_ch * patch > MAX_MATERIALISED
     if not (ghost_applies and ghost_cheaper):
         # Each sample its own group: one native kernel gives all per-sample weight gradients.
         per_sample = weight_grad(
@@ -423,17 +447,27 @@ def _conv(terms: _LayerTerms, spec: _Layer, a: Tensor, g: Tensor, cache: dict) -
             dilation,
             groups * batch,
         )
-        terms.add_per_sample(layer.weight, per_sample.view(batch, -1))
+        terms.add_per_row(layer.weight, per_sample.view(batch, -1))
         return
-    grams = _patch_gram(a, tuple(layer.kernel_size), padding, stride, dilation, cache)
-    gf = g.reshape(batch, out_ch, positions)
+    grams = _patch_gram(a, tuple(layer.kernel_size), padding, stride, dilation, cache, copies)
+    gf = _views_as_positions(g.reshape(batch, out_ch, positions), copies)
     ghost = (grams * torch.bmm(gf.transpose(1, 2), gf)).sum((1, 2))
     scale = (-1,) + (1,) * (g.dim() - 1)
     terms.add_ghost(
         layer.weight,
         ghost,
-        lambda c: weight_grad(a, layer.weight.shape, g * c.view(scale), stride, padding, dilation, groups),
+        lambda c: weight_grad(
+            a, layer.weight.shape, g * c.repeat_interleave(copies).view(scale), stride, padding, dilation, groups
+        ),
     )
+
+
+def _views_as_positions(x: Tensor, copies: int) -> Tensor:
+    """[rows, d, positions] with ``copies`` rows per sample -> [samples, d, copies * positions]."""
+    if copies == 1:
+        return x
+    rows, d, positions = x.shape
+    return x.reshape(rows // copies, copies, d, positions).transpose(1, 2).reshape(rows // copies, d, -1)
 
 
 def _patch_gram(
@@ -443,13 +477,15 @@ def _patch_gram(
     stride: tuple[int, ...],
     dilation: tuple[int, ...],
     cache: dict,
+    copies: int = 1,
 ) -> Tensor:
     """Per-sample Gram matrices [B, positions, positions] of a conv's input patches (a_t . a_t').
 
-    Layers reading the same input with the same geometry (a residual unit's first conv and its
-    strided shortcut) share one in ``cache``.
+    With ``copies`` rows per sample, a sample's positions are those of all its views. Layers
+    reading the same input with the same geometry (a residual unit's first conv and its strided
+    shortcut) share one in ``cache``.
     """
-    key = (a.data_ptr(), tuple(a.shape), tuple(a.stride()), kernel, padding, stride, dilation)
+    key = (a.data_ptr(), tuple(a.shape), tuple(a.stride()), kernel, padding, stride, dilation, copies)
     if key not in cache:
         if a.dim() == 3:  # unfold is 2-d only: a length-L signal is a 1 x L image
             a, kernel, padding, stride, dilation = (
@@ -460,5 +496,6 @@ def _patch_gram(
                 (1, *dilation),
             )
         patches = F.unfold(a, kernel, dilation=dilation, padding=padding, stride=stride)  # [B, patch, positions]
+        patches = _views_as_positions(patches, copies)
         cache[key] = torch.bmm(patches.transpose(1, 2), patches)
     return cache[key]

@@ -21,6 +21,7 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.errors import ConfigError
 from pipeline.outputs.timing import Stopwatch
 from pipeline.privacy.bk_clipping import make_private_bookkeeping
 from pipeline.privacy.ledger import PrivacyLedger
@@ -63,6 +64,7 @@ def make_private(
     privacy: DictConfig,
     randomness: MechanismRandomness | None = None,
     criterion: nn.Module | None = None,
+    views: int = 1,
 ) -> PrivateTraining:
     """Wrap for DP-SGD with Poisson sampling; the engine's accountant continues ``ledger``.
 
@@ -77,6 +79,7 @@ def make_private(
             of the kind ``privacy`` asks for (reproducible runs must pass their seeded one).
         criterion: the task's loss (cross-entropy by default); its per-sample form
             (``reduction="none"``) must give one loss per sample, shape [batch].
+        views: augmented views per sample in each batch (augmentation multiplicity; bk mode only).
     """
     watch = Stopwatch()
     started = time.perf_counter()
@@ -94,9 +97,14 @@ def make_private(
         engine = PrivacyEngine(accountant=plan.accountant, secure_mode=False)
     engine.accountant = ledger.accountant  # steps are recorded straight into the ledger
     loader = poisson_loader(dataset, plan.sample_rate, randomness)
+    if views > 1 and str(privacy.grad_sample_mode) != "bk":
+        raise ConfigError(
+            f"train.augmentation_multiplicity={views} needs privacy.grad_sample_mode=bk "
+            f"(not {privacy.grad_sample_mode}): only bk clips a sample's views as one"
+        )
     if str(privacy.grad_sample_mode) == "bk":  # book-keeping clipping: ours, with Opacus's optimizer and accountant
         module, opt, criterion, dp_loader = make_private_bookkeeping(
-            engine, model, optimizer, criterion, loader, plan.noise_multiplier, plan.max_grad_norm
+            engine, model, optimizer, criterion, loader, plan.noise_multiplier, plan.max_grad_norm, views
         )
     else:
         wrapped = engine.make_private(

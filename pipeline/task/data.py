@@ -460,6 +460,30 @@ def _limit(s: Splits, limit: int, seed: int) -> Splits:
     return Splits(s.train_x[tr], s.train_y[tr], s.test_x[te], s.test_y[te], s.class_names)
 
 
+class AugmentedViews(Dataset):
+    """``views`` augmented copies of each item of ``dataset``, stacked: ``(x [views, ...], y)``.
+
+    Augmentation multiplicity (De et al. 2022, ``train.augmentation_multiplicity``): each access
+    of ``dataset[i]`` draws a fresh augmentation, so the views differ; training flattens them into
+    consecutive rows and DP-SGD clips their mean gradient as one sample's.
+    """
+
+    def __init__(self, dataset: Dataset, views: int) -> None:
+        if views < 1:
+            raise ValueError(f"views={views} must be >= 1")
+        self.dataset = dataset
+        self.views = int(views)
+        self.augment = getattr(dataset, "augment", None)
+        self.class_names = getattr(dataset, "class_names", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [self.dataset[i] for _ in range(self.views)]
+        return torch.stack([x for x, _ in items]), items[0][1]
+
+
 def seed_augmentation(dataset: Dataset, seed: int) -> None:
     """Seed ``dataset``'s augmentation (if it has one): a round's draws follow the round's seed."""
     augment = getattr(dataset, "augment", None)

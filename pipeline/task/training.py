@@ -21,7 +21,7 @@ from pipeline.privacy.engine import make_private
 from pipeline.privacy.ledger import PrivacyLedger
 from pipeline.privacy.plan import DPPlan
 from pipeline.privacy.randomness import MechanismRandomness
-from pipeline.task.data import seed_augmentation
+from pipeline.task.data import AugmentedViews, seed_augmentation
 from pipeline.task.metrics import classification_metrics
 
 
@@ -67,8 +67,12 @@ def train_epochs(
     criterion: nn.Module,
     epochs: int,
     device: torch.device,
+    views: int = 1,
 ) -> float:
     """Run ``epochs`` passes over ``loader``; return the mean training loss of the last epoch.
+
+    ``views`` > 1: the loader's items are :class:`~pipeline.task.data.AugmentedViews`, flattened
+    here into ``views`` consecutive rows per sample (labels repeated).
 
     Empty batches (possible under Poisson sampling) are skipped: they release nothing, and the
     accountant then records fewer steps than planned, which only overstates epsilon.
@@ -80,6 +84,8 @@ def train_epochs(
         for x, y in loader:
             if len(y) == 0:
                 continue
+            if views > 1:
+                x, y = x.flatten(0, 1), y.repeat_interleave(views, dim=0)
             x, y = x.to(device), y.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(x), y)
@@ -122,6 +128,9 @@ def train_round(
     """
     torch.manual_seed(seed)
     seed_augmentation(train_set, seed)
+    views = int(cfg.train.get("augmentation_multiplicity") or 1)
+    if views > 1:
+        train_set = AugmentedViews(train_set, views)
     torch.set_num_threads(int(cfg.train.threads))
     model.to(device).train()  # Opacus wraps training-mode models only (baselines evaluate in between)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -132,9 +141,9 @@ def train_round(
     if plan is not None:
         batch = int(cfg.train.batch_size)
         private = make_private(
-            model, optimizer, train_set, batch, plan, ledger, cfg.privacy, randomness, criterion=criterion
+            model, optimizer, train_set, batch, plan, ledger, cfg.privacy, randomness, criterion=criterion, views=views
         )
-        loss = train_epochs(private.model, private.loader, private.optimizer, private.criterion, epochs, device)
+        loss = train_epochs(private.model, private.loader, private.optimizer, private.criterion, epochs, device, views)
         if hasattr(private.model, "remove_hooks"):
             private.model.remove_hooks()  # leave a plain module behind for evaluation
         dp_seconds = private.dp_seconds
@@ -144,7 +153,7 @@ def train_round(
         if proximal_mu > 0:
             anchor = [p.detach().clone() for p in model.parameters()]
             criterion = proximal_loss(criterion, model, anchor, proximal_mu)
-        loss = train_epochs(model, loader, optimizer, criterion, epochs, device)
+        loss = train_epochs(model, loader, optimizer, criterion, epochs, device, views)
     model.cpu()
     return {"train_loss": loss, "train_seconds": time.perf_counter() - start, "dp_seconds": dp_seconds}
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from models import builders
 from pipeline.errors import ConfigError
-from pipeline.privacy.bk_clipping import BookKeepingModule
+from pipeline.privacy.bk_clipping import BookKeepingLoss, BookKeepingModule
 from pipeline.privacy.engine import make_private
 from pipeline.privacy.ledger import PrivacyLedger
 from pipeline.privacy.plan import DPPlan, plan_dp
@@ -302,3 +302,47 @@ def test_conv_variants_match_per_sample_autograd(variant):
     for j, p in enumerate(model.parameters()):
         expected = sum(factors[i] * per_sample[i][j] for i in range(len(y)))
         torch.testing.assert_close(p.grad, expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("name", ["cnn", "mixed", *CONV_VARIANTS])
+def test_augmentation_multiplicity_clips_the_mean_gradient_of_each_samples_views(name):
+    """copies=3: a sample's gradient is the mean over its 3 views (consecutive rows), clipped as one."""
+    copies, samples = 3, 4
+    if name in CONV_VARIANTS:
+        build, shape = CONV_VARIANTS[name]
+        view_shape = shape[1:]
+    else:
+        build, view_shape = (lambda: _model(name)), (1, 8, 8) if name == "mixed" else (1, 28, 28)
+    x = torch.randn(samples * copies, *view_shape, generator=torch.Generator().manual_seed(3))
+    y = torch.tensor([0, 1, 1, 0]).repeat_interleave(copies)
+    torch.manual_seed(1)
+    reference = build()
+    torch.manual_seed(1)
+    model = build()
+    per_sample = []
+    for i in range(samples):
+        reference.zero_grad()
+        rows = slice(i * copies, (i + 1) * copies)
+        nn.functional.cross_entropy(reference(x[rows]), y[rows]).backward()  # mean over the views
+        per_sample.append([p.grad.clone() for p in reference.parameters()])
+    norms = torch.stack([torch.cat([g.flatten() for g in grads]).norm() for grads in per_sample])
+    clip = float(norms.median())
+    factors = (clip / (norms + 1e-6)).clamp(max=1.0)
+
+    wrapped = BookKeepingModule(model, max_grad_norm=clip, copies=copies)
+    BookKeepingLoss(wrapped, nn.CrossEntropyLoss())(wrapped(x), y).backward()
+
+    torch.testing.assert_close(wrapped.per_sample_norms, norms, rtol=1e-5, atol=1e-7)
+    assert (norms > clip).any() and (norms < clip).any()
+    expected = [sum(factors[i] * per_sample[i][j] for i in range(samples)) for j in range(len(per_sample[0]))]
+    scale = max(e.abs().max().item() for e in expected)
+    for p, e in zip(model.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad, e, rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_a_batch_that_is_not_whole_views_per_sample_is_refused():
+    wrapped = BookKeepingModule(_model("cnn"), max_grad_norm=1.0, copies=3)
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 1, 0])
+
+    with pytest.raises(RuntimeError, match="4 rows is not 3 views per sample"):
+        BookKeepingLoss(wrapped, nn.CrossEntropyLoss())(wrapped(x), y).backward()

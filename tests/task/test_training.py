@@ -104,7 +104,12 @@ def test_dp_gradient_clips_each_sample_of_the_task_loss(kind, mode):
 def test_frozen_layers_stay_as_they_started(privacy):
     # Prepare: the convolutional body frozen (linear probing)
     cfg = compose_cfg(
-        "data=synthetic", "data.num_samples=200", f"privacy={privacy}", "model.freeze=[net]", "train.batch_size=32"
+        "model=cnn",
+        "data=synthetic",
+        "data.num_samples=200",
+        f"privacy={privacy}",
+        "model.freeze=[net]",
+        "train.batch_size=32",
     )
     s = make_synthetic(200, 2, 28, 1, seed=0)
     data = ImageDataset(s.train_x, s.train_y, 0.5, 0.5)
@@ -162,3 +167,47 @@ def test_multi_label_training_learns_the_findings():
     assert not np.array_equal(start, get_flat(model))
     assert result["train_loss"] < 0.5
     assert set(metrics["per_label"]) == {"a", "b"} and metrics["auc"] > 0.95
+
+
+@pytest.mark.parametrize("privacy", ["dpsgd", "none"])
+def test_augmentation_multiplicity_trains_on_distinct_views_at_the_same_privacy_cost(privacy):
+    # Prepare: 3 augmented views per sampled image
+    cfg = compose_cfg("data=synthetic", "data.num_samples=200", f"privacy={privacy}", "train.batch_size=32")
+    s = make_synthetic(200, 2, 28, 1, seed=0)
+    data = ImageDataset(s.train_x, s.train_y, 0.5, 0.5, augment=True)
+    plan = plan_for_run(cfg, len(data))
+    seen: list[torch.Tensor] = []
+    results = {}
+
+    # Execute: the same round with 1 and with 3 views
+    for views in (1, 3):
+        cfg.train.augmentation_multiplicity = views
+        model = build_model(cfg, 1, 2, 28)
+        hook = model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+        ledger = PrivacyLedger("prv") if plan else None
+        stats = train_round(cfg, model, data, 1, torch.device("cpu"), plan, ledger, seed=3)
+        hook.remove()
+        results[views] = (stats, ledger, seen[:])
+        seen.clear()
+
+    # Assert: batches of whole views, distinct from each other; the same steps in the ledger
+    batch = next(x for x in results[3][2] if len(x) > 0)
+    assert len(batch) % 3 == 0
+    views = batch.reshape(-1, 3, *batch.shape[1:])
+    assert not torch.equal(views[:, 0], views[:, 1])
+    assert all(np.isfinite(stats["train_loss"]) for stats, _, _ in results.values())
+    if plan:
+        history = [results[v][1].accountant.history for v in (1, 3)]
+        assert history[0] == history[1] and history[0]
+
+
+def test_augmentation_multiplicity_without_bk_or_augmentation_is_refused():
+    from pipeline.config.validate import validate
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="privacy.grad_sample_mode=bk"):
+        validate(compose_cfg("train.augmentation_multiplicity=4", "privacy.grad_sample_mode=hooks"))
+    with pytest.raises(ConfigError, match="needs data.augment"):
+        validate(compose_cfg("train.augmentation_multiplicity=4", "data.augment=false"))
+    with pytest.raises(ConfigError, match="must be >= 1"):
+        validate(compose_cfg("train.augmentation_multiplicity=0"))
