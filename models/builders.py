@@ -15,6 +15,7 @@ from monai.networks import nets
 from torch import nn
 
 from models.compat import disable_inplace, out_of_place_residuals, replace_batchnorm
+from models.scattering import Scattering
 
 Norm = str | Sequence[Any]
 
@@ -59,6 +60,41 @@ def cnn(
         act=act,
         dropout=dropout or None,
     )
+
+
+def scatter_cnn(
+    in_channels: int,
+    num_classes: int,
+    image_size: int,
+    J: int = 2,  # noqa: N803 (the scattering literature's name)
+    L: int = 8,  # noqa: N803
+    channels: Sequence[int] = (32, 64),
+    strides: Sequence[int] = (1, 2),
+    norm: Norm = ("group", {"num_groups": 8}),
+    act: str = "relu",
+) -> nn.Module:
+    """ScatterNet features (:class:`models.scattering.Scattering`, no parameters), a GroupNorm of
+    them, then a MONAI ``Classifier`` over the feature maps (Tramer and Boneh 2021).
+
+    Args:
+        in_channels, num_classes, image_size: the data's shape.
+        J, L: scattering scales and orientations (28 px, J=2, L=8: 81 maps of 7x7 per channel).
+        channels, strides: the CNN's stages on the feature maps.
+        norm, act: the CNN's normalisation and activation (MONAI specs).
+
+    2-D only (no ``spatial_dims``: volumes are refused with the models that have a 3-D form).
+    """
+    features = Scattering(in_channels, image_size, J, L)
+    groups = next(g for g in (27, 9, 3, 1) if features.out_channels % g == 0)
+    cnn = nets.Classifier(
+        in_shape=(features.out_channels, features.out_size, features.out_size),
+        classes=num_classes,
+        channels=tuple(channels),
+        strides=tuple(strides),
+        norm=_norm(norm),
+        act=act,
+    )
+    return nn.Sequential(features, nn.GroupNorm(groups, features.out_channels, affine=False), cnn)
 
 
 def resnet18(

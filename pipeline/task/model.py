@@ -61,7 +61,9 @@ def build_model(cfg: DictConfig, channels: int, num_classes: int, image_size: in
     spatial_dims = int(cfg.data.get("spatial_dims") or 2)
     if spatial_dims != 2:
         if "spatial_dims" not in inspect.signature(builder).parameters:
-            raise ConfigError(f"model={cfg.model._target_} has no 3D form; use model=cnn, resnet18 or densenet121")
+            raise ConfigError(
+                f"model={cfg.model._target_} has no 3D form; use model=cnn, resnet18 or densenet121 (volumes)"
+            )
         kwargs["spatial_dims"] = spatial_dims
     model = builder(**kwargs)
     if cfg.privacy.enabled:

@@ -13,7 +13,8 @@ from models.compat import disable_inplace, dp_ready, replace_batchnorm
 from pipeline.errors import ConfigError
 from pipeline.task.model import build_model, get_flat, model_builder, save_model, set_flat
 
-BUILDERS = ["cnn", "resnet18", "densenet121"]
+BUILDERS = ["cnn", "resnet18", "densenet121"]  # each with a 3D form
+BUILDERS_2D = [*BUILDERS, "scatter_cnn"]
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -26,7 +27,7 @@ def _seeded():
     torch.manual_seed(0)
 
 
-@pytest.mark.parametrize("name", BUILDERS)
+@pytest.mark.parametrize("name", BUILDERS_2D)
 @pytest.mark.parametrize(("channels", "classes"), [(1, 2), (3, 5)], ids=["grey-2", "rgb-5"])
 def test_config_builder_returns_logits_of_the_right_shape(name, channels, classes):
     # Prepare: the builder exactly as a run instantiates it from conf/model/<name>.yaml
@@ -63,7 +64,7 @@ def test_cnn_dropout_and_channels_follow_the_arguments():
     assert small(torch.randn(2, 1, 28, 28)).shape == (2, 2)
 
 
-@pytest.mark.parametrize("name", BUILDERS)
+@pytest.mark.parametrize("name", BUILDERS_2D)
 def test_shipped_models_hold_no_batchnorm_and_pass_the_refuse_policy(name):
     # Prepare
     cfg = compose_cfg(f"model={name}", "data=synthetic")
@@ -78,7 +79,7 @@ def test_shipped_models_hold_no_batchnorm_and_pass_the_refuse_policy(name):
     assert _count(model, (nn.GroupNorm,)) > 0
 
 
-@pytest.mark.parametrize("name", BUILDERS)
+@pytest.mark.parametrize("name", BUILDERS_2D)
 def test_shipped_models_have_no_inplace_activations(name):
     # Prepare
     cfg = compose_cfg(f"model={name}", "data=synthetic")
@@ -164,6 +165,25 @@ def test_builders_have_a_3d_form_from_the_same_config(name):
     assert _count(model, BATCHNORMS) == 0 and ready is model
 
 
+def test_the_scattering_model_keeps_its_filters_out_of_the_shared_state_and_refuses_volumes():
+    # Prepare
+    cfg = compose_cfg("model=scatter_cnn", "data=synthetic")
+    model = build_model(cfg, 1, 2, 28)
+
+    # Execute
+    flat = get_flat(model)
+
+    # Assert: only trainable parameters travel; the wavelet filters are rebuilt by every party
+    assert len(flat) == sum(p.numel() for p in model.parameters()) == 111458
+    assert any(b.numel() > 0 for b in model.buffers())
+    assert not any(p.requires_grad is False for p in model.parameters())
+    volumes = compose_cfg("model=scatter_cnn", "data=manifest", "data.manifest=m.csv", "data.spatial_dims=3")
+    with pytest.raises(ConfigError, match="has no 3D form"):
+        build_model(volumes, 1, 2, 16)
+    with pytest.raises(ConfigError, match="multiple of 2\\^J=4"):
+        build_model(cfg, 1, 2, 30)
+
+
 def test_a_builder_without_a_3d_form_is_refused():
     cfg = compose_cfg("model=cnn", "data=manifest", "data.manifest=m.csv", "data.spatial_dims=3")
     cfg.model = {"_target_": f"{__name__}._flat_builder", "_partial_": True}
@@ -178,7 +198,7 @@ def _flat_builder(in_channels: int, num_classes: int, image_size: int) -> nn.Mod
 
 # --- warm starts ---------------------------------------------------------------------------------
 def _saved(tmp_path, seed: int, *overrides: str):
-    cfg = compose_cfg("data=synthetic", f"seed={seed}", *overrides)
+    cfg = compose_cfg("model=cnn", "data=synthetic", f"seed={seed}", *overrides)
     model = build_model(cfg, 1, 2, 28)
     save_model(model, tmp_path / "pretrained.pt")
     return model, tmp_path / "pretrained.pt"
@@ -187,7 +207,7 @@ def _saved(tmp_path, seed: int, *overrides: str):
 def test_checkpoint_gives_its_weights_to_every_party(tmp_path):
     # Prepare: weights from another seed (as if pretrained elsewhere)
     pretrained, path = _saved(tmp_path, seed=7)
-    cfg = compose_cfg("data=synthetic", f"model.checkpoint={path}")
+    cfg = compose_cfg("model=cnn", "data=synthetic", f"model.checkpoint={path}")
 
     # Execute: two parties build the initial model
     a, b = build_model(cfg, 1, 2, 28), build_model(cfg, 1, 2, 28)
@@ -195,20 +215,20 @@ def test_checkpoint_gives_its_weights_to_every_party(tmp_path):
     # Assert
     np.testing.assert_array_equal(get_flat(a), get_flat(pretrained))
     np.testing.assert_array_equal(get_flat(a), get_flat(b))
-    assert not np.array_equal(get_flat(a), get_flat(build_model(compose_cfg("data=synthetic"), 1, 2, 28)))
+    assert not np.array_equal(get_flat(a), get_flat(build_model(compose_cfg("model=cnn", "data=synthetic"), 1, 2, 28)))
 
 
 def test_checkpoint_with_another_head_keeps_the_seeded_head(tmp_path, caplog):
     # Prepare: pretrained for 5 classes, trained here for 2
-    cfg5 = compose_cfg("data=synthetic", "seed=7")
+    cfg5 = compose_cfg("model=cnn", "data=synthetic", "seed=7")
     torch.save(build_model(cfg5, 1, 5, 28).state_dict(), tmp_path / "five.pt")
-    cfg = compose_cfg("data=synthetic", f"model.checkpoint={tmp_path / 'five.pt'}")
+    cfg = compose_cfg("model=cnn", "data=synthetic", f"model.checkpoint={tmp_path / 'five.pt'}")
 
     # Execute
     model = build_model(cfg, 1, 2, 28)
 
     # Assert: the body is the checkpoint's, the head the seeded one
-    seeded = build_model(compose_cfg("data=synthetic"), 1, 2, 28).state_dict()
+    seeded = build_model(compose_cfg("model=cnn", "data=synthetic"), 1, 2, 28).state_dict()
     state, five = model.state_dict(), torch.load(tmp_path / "five.pt")
     assert torch.equal(state["net.layer_0.conv.unit0.conv.weight"], five["net.layer_0.conv.unit0.conv.weight"])
     assert torch.equal(state["final.1.weight"], seeded["final.1.weight"])
@@ -227,7 +247,7 @@ def test_checkpoint_with_another_head_keeps_the_seeded_head(tmp_path, caplog):
 def test_bad_checkpoints_are_config_errors(tmp_path, make, fragment):
     path = tmp_path / "w.pt"
     make(path)
-    cfg = compose_cfg("data=synthetic", f"model.checkpoint={path}")
+    cfg = compose_cfg("model=cnn", "data=synthetic", f"model.checkpoint={path}")
 
     with pytest.raises(ConfigError, match=fragment) as err:
         build_model(cfg, 1, 2, 28)
@@ -236,7 +256,7 @@ def test_bad_checkpoints_are_config_errors(tmp_path, make, fragment):
 
 def test_freeze_stops_gradients_under_the_prefixes():
     # Execute
-    cfg = compose_cfg("data=synthetic", "model.freeze=[net]")
+    cfg = compose_cfg("model=cnn", "data=synthetic", "model.freeze=[net]")
     model = build_model(cfg, 1, 2, 28)
 
     # Assert: the convolutional body frozen, the head trains
@@ -249,7 +269,7 @@ def test_freeze_stops_gradients_under_the_prefixes():
     ("freeze", "fragment"), [("[nett]", "names no module"), ("[net,final]", "freezes every parameter")]
 )
 def test_bad_freeze_prefixes_are_config_errors(freeze, fragment):
-    cfg = compose_cfg("data=synthetic", f"model.freeze={freeze}")
+    cfg = compose_cfg("model=cnn", "data=synthetic", f"model.freeze={freeze}")
 
     with pytest.raises(ConfigError, match=fragment):
         build_model(cfg, 1, 2, 28)
@@ -257,7 +277,7 @@ def test_bad_freeze_prefixes_are_config_errors(freeze, fragment):
 
 def test_frozen_parameters_stay_out_of_the_flat_vector():
     # Prepare
-    cfg = compose_cfg("data=synthetic", "model.freeze=[net]")
+    cfg = compose_cfg("model=cnn", "data=synthetic", "model.freeze=[net]")
     model, other = build_model(cfg, 1, 2, 28), build_model(cfg, 1, 2, 28)
     body = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("net.")}
 
