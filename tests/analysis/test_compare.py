@@ -208,6 +208,7 @@ def make_run(folder: Path, cfg: dict, auc: float = 0.8, eps: float | None = 7.5,
         "num_hospitals": 3,
         "rounds_completed": 2,
         "test": {"auc": auc, "accuracy": auc - 0.1, "mcc": auc - 0.3, "loss": 0.5},
+        "final_validation": {"val_auc": auc + 0.05},
         "epsilon": {"0": eps, "1": eps / 2} if eps is not None else {},
         "epsilon_target": 8.0 if eps is not None else None,
         "seconds": 12.5,
@@ -290,6 +291,7 @@ def test_seed_repeats_get_a_grouped_table_and_a_seed_warning(tmp_path, capsys):
         assert float(row["test_auc_mean"]) == pytest.approx(statistics.fmean(values))
         assert float(row["test_auc_std"]) == pytest.approx(statistics.stdev(values))
         assert float(row["test_mcc_mean"]) == pytest.approx(statistics.fmean(v - 0.3 for v in values))
+        assert float(row["val_auc_mean"]) == pytest.approx(statistics.fmean(v + 0.05 for v in values))
     markdown = (out / "comparison.md").read_text()
     assert "## Over seeds" in markdown and "0.8300 ± 0.0300" in markdown
     assert "runs differ in seed (1, 2, 3)" in markdown
@@ -339,7 +341,9 @@ def test_no_dp_run_shows_dashes_and_is_a_reference_line(tmp_path, capsys):
     assert float(rows[0]["encryption_overhead_pct"]) == pytest.approx(100 * 0.4 / 3.0)
     table = capsys.readouterr().out
     plain = next(line for line in table.splitlines() if line.startswith("| plain"))
-    assert [c.strip() for c in plain.strip("|").split("|")][5] == "-"  # epsilon column
+    header = next(line for line in table.splitlines() if line.startswith("| run"))
+    epsilon = [c.strip() for c in header.strip("|").split("|")].index("epsilon")
+    assert [c.strip() for c in plain.strip("|").split("|")][epsilon] == "-"
     for plot in PLOTS:
         assert_png(out / plot)
 

@@ -13,7 +13,7 @@ from pipeline.analysis.compare.metrics import METRIC_COLUMNS, run_metrics
 from pipeline.analysis.compare.runs import Run
 from pipeline.analysis.compare.values import ABSENT, show_value
 
-SEED_METRICS = ("test_auc", "test_accuracy", "test_mcc")
+SEED_METRICS = ("val_auc", "test_auc", "test_accuracy", "test_mcc")
 
 
 @dataclass

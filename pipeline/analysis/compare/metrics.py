@@ -16,6 +16,7 @@ from typing import Any
 from pipeline.analysis.compare.runs import Run
 
 METRIC_COLUMNS = [
+    "val_auc",  # the hospitals' validation AUC after the last round: what to tune on, never the test split
     "test_auc",
     "test_accuracy",
     "test_mcc",
@@ -75,6 +76,7 @@ def run_metrics(run: Run) -> dict[str, float | int | str | None]:
     attack = attack_metrics(run.path)
     dp = privacy_metrics(run.path)
     return {
+        "val_auc": (run.summary.get("final_validation") or {}).get("val_auc"),
         "test_auc": test.get("auc"),
         "test_auc_ci": tuple(test["auc_ci"]) if test.get("auc_ci") else None,
         "test_accuracy": test.get("accuracy"),

@@ -27,7 +27,9 @@ def _human_bytes(n: float) -> str:
 def _format_metric(column: str, value: Any) -> str:
     if value is None or value is ABSENT:
         return MISSING
-    if column in ("test_auc", "test_accuracy", "test_mcc", *ATTACK_COLUMNS) or column.endswith(("_mean", "_std")):
+    if column in ("val_auc", "test_auc", "test_accuracy", "test_mcc", *ATTACK_COLUMNS) or column.endswith(
+        ("_mean", "_std")
+    ):
         return f"{value:.4f}"
     if column in ("epsilon", "lifetime_epsilon", "noise_multiplier"):
         return f"{value:.3f}"
