@@ -24,7 +24,7 @@ TYPOS = [
     (
         "model=resnet",
         "model=resnet is not an option of conf/model/ (did you mean resnet18? options: cnn, densenet121, he_cnn, "
-        "resnet18)",
+        "resnet18, scatter_cnn)",
     ),
     ("privacy=eps2", "privacy=eps2 is not an option of conf/privacy/"),
     ("experiment=quik", "experiment=quik is not an option of conf/experiment/ (did you mean quick?"),

@@ -73,7 +73,7 @@ def test_default_config_resolves_and_run_dir_is_null():
     assert cfg.run_dir is None
     assert cfg.privacy.enabled is True and cfg.encryption.enabled is True
     assert cfg.partition.num_partitions == cfg.federation.num_hospitals == 3
-    assert cfg.model._target_ == "models.builders.cnn"
+    assert cfg.model._target_ == "models.builders.scatter_cnn"  # ScatterNet + CNN (issue 19)
 
 
 def test_medmnist_group_inherits_pneumoniamnist_with_its_own_flag():

@@ -50,7 +50,7 @@ def test_3d_volumes_train_with_dp_and_encryption(tmp_path):
     # Execute
     run_pipeline(
         tmp_path / "run",
-        *_manifest(manifest, "data.spatial_dims=3", "data.image_size=12", "federation.rounds=4"),
+        *_manifest(manifest, "data.spatial_dims=3", "data.image_size=12", "federation.rounds=4", "model=cnn"),
         f"federation.hospital_dir={tmp_path / 'hospitals'}",
     )
 
@@ -68,7 +68,7 @@ def test_3d_volumes_train_with_dp_and_encryption(tmp_path):
 def test_warm_start_keeps_frozen_layers_through_dp_and_encryption(tmp_path):
     # Prepare: a DICOM export, and public weights made elsewhere (another seed) to start from
     manifest = dicom_export(tmp_path / "export", 150, size=32)
-    overrides = _manifest(manifest, "data.image_size=32")
+    overrides = _manifest(manifest, "data.image_size=32", "model=cnn")
     pretrained = build_model(compose_cfg(*overrides, "seed=99"), 1, 2, 32)
     save_model(pretrained, tmp_path / "public.pt")
 

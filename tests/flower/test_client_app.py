@@ -65,7 +65,7 @@ def test_query_reports_sizes_only(tmp_path):
     reply = client.query()[M.CONFIG]
 
     assert reply[M.NUM_TRAIN] == client.data.num_train > 0
-    assert reply[M.NUM_PARAMS] == 97458
+    assert reply[M.NUM_PARAMS] == 111458  # the default ScatterNet + CNN
     assert set(reply.keys()) == {
         M.HOSPITAL,
         M.NUM_TRAIN,
@@ -87,7 +87,7 @@ def test_encrypted_train_reply_carries_ciphertexts_and_epsilon(tmp_path):
 
     payload = Payload.get(reply)
     conf = reply[M.CONFIG]
-    assert payload.values is None and len(payload.chunks) == 10  # 97458 values / 5 per slot / 2048 slots
+    assert payload.values is None and len(payload.chunks) == 11  # 111458 values / 5 per slot / 2048 slots
     assert payload.digest == digest(payload.chunks)
     assert 0 < conf[M.EPSILON] <= 8.0 and conf[M.OUT_OF_BUDGET] is False
     assert conf[M.WEIGHT] == pytest.approx(1.0)

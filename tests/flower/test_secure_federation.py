@@ -184,7 +184,7 @@ def test_a_hospital_refuses_a_run_config_naming_code_outside_its_allow_list(tmp_
     evil = (
         contexts[0]
         .run_config[EXPERIMENT_KEY]
-        .replace("_target_: models.builders.cnn", f"_target_: os.system\n  command: touch {marker}")
+        .replace("_target_: models.builders.scatter_cnn", f"_target_: os.system\n  command: touch {marker}")
     )
     assert "os.system" in evil
     contexts[0].run_config[EXPERIMENT_KEY] = evil

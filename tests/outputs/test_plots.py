@@ -99,8 +99,9 @@ def test_bytes_are_shown_in_kib_or_mib_per_hospital():
 
 
 def test_title_names_model_hospitals_privacy_and_encryption():
-    assert run_title(compose_cfg(), 3) == "cnn, 3 hospitals, DP-SGD epsilon 8, delta 1e-05, CKKS-encrypted aggregation"
-    plain = run_title(compose_cfg("privacy=none", "encryption=none"), 2)
+    default = run_title(compose_cfg(), 3)
+    assert default == "scatter_cnn, 3 hospitals, DP-SGD epsilon 8, delta 1e-05, CKKS-encrypted aggregation"
+    plain = run_title(compose_cfg("model=cnn", "privacy=none", "encryption=none"), 2)
     assert plain == "cnn, 2 hospitals, no DP, plaintext aggregation"
     fig = rounds_figure(rows(), plain)
     title = fig._suptitle.get_text()

@@ -226,9 +226,9 @@ def test_clipped_fraction_counts_values_beyond_clip(keys):
 
 
 def test_ckks_payload_costs_at_most_8_bytes_per_parameter(keys):
-    # Prepare: the default CNN's parameter count
+    # Prepare: the default model's parameter count (ScatterNet + CNN)
     enc, secret, server = keys
-    size = 97458
+    size = 111458
     update = np.random.default_rng(0).uniform(-0.05, 0.05, size)
 
     # Execute
