@@ -2,13 +2,14 @@
 
     python scripts/bench_scale.py --data-root ../shared/data [--hospitals 3 10 30 100] [--rounds 2]
 
-Each row is one real run of ``python -m pipeline.run`` (DP-SGD + CKKS, default CNN unless
-``--model``): mean seconds per round (metrics.csv) and the peak resident memory of the whole
-simulation (the run's process tree, sampled from /proc every 0.2 s), and how far the round's
-``phase_*`` columns are from adding up to its ``seconds``. ``--tax`` adds the privacy tax: the
-default 3-hospital private run and its plaintext, non-DP twin (same data, model, rounds, seed),
-run alternately ``--pairs`` times; it reports each pair's ratio, their median and spread, and
-where a round's seconds go in each. Prints Markdown for docs/BENCHMARKS.md.
+Each row is one real run of ``python -m pipeline.run`` (DP-SGD + CKKS, the default model
+``scatter_cnn`` unless ``--model``, e.g. ``--model cnn`` for the figures measured before it):
+mean seconds per round (metrics.csv) and the peak resident memory of the whole simulation (the
+run's process tree, sampled from /proc every 0.2 s), and how far the round's ``phase_*`` columns
+are from adding up to its ``seconds``. ``--tax`` adds the privacy tax: the default 3-hospital
+private run and its plaintext, non-DP twin (same data, model, rounds, seed), run alternately
+``--pairs`` times; it reports each pair's ratio, their median and spread, and where a round's
+seconds go in each. Prints Markdown for docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", default="../shared/data")
     p.add_argument("--hospitals", nargs="+", type=int, default=[3, 10, 30, 100])
-    p.add_argument("--model", default="cnn")
+    p.add_argument("--model", default="scatter_cnn", help="conf/model/ option (default: the default model)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--tax", action="store_true", help="also measure the privacy tax (3 hospitals, default rounds)")
     p.add_argument("--pairs", type=int, default=3, help="--tax: private/plaintext pairs, run alternately")
