@@ -9,15 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_ROOT, compose_cfg
-from inference_runs import TINY, make_run
+from conftest import DATA_ROOT, TINY, compose_cfg, make_run
 from omegaconf import OmegaConf
 from PIL import Image
 
 from pipeline.errors import DataError
 from pipeline.inference.clear import input_tensors, load_run, predict_logits, read_inputs, read_split
 from pipeline.inference.cli import main
-from pipeline.outputs.recorder import CONFIG_FILE, MODEL_FILE
+from pipeline.reporting.recorder import CONFIG_FILE, MODEL_FILE
 from pipeline.task import sites
 from pipeline.task.data import load_splits
 from pipeline.task.model import build_model, save_model

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import tenseal as ts
 import torch
-from conftest import compose_cfg
-from inference_runs import make_run
+from conftest import compose_cfg, make_run
 from torch import nn
 
 from models.he_cnn import ScaledSquare, he_cnn

@@ -9,15 +9,14 @@ from pathlib import Path
 
 import pytest
 import tenseal as ts
-from conftest import DATA_ROOT, compose_cfg
-from inference_runs import TINY, make_run
+from conftest import DATA_ROOT, TINY, compose_cfg, make_run
 from omegaconf import OmegaConf
 
 from pipeline.errors import ConfigError
 from pipeline.inference.cli import main
 from pipeline.inference.encrypted import CkksParams, pack
 from pipeline.inference.session import RemoteModelOwner
-from pipeline.outputs.recorder import CONFIG_FILE, MODEL_FILE
+from pipeline.reporting.recorder import CONFIG_FILE, MODEL_FILE
 from pipeline.task.model import build_model, save_model
 
 
