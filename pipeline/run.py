@@ -24,11 +24,11 @@ from pipeline.config import conf_dir, validate
 from pipeline.config import paths as _paths  # noqa: F401  (registers the config's resolvers)
 from pipeline.config.resume import resume_config
 from pipeline.errors import ConfigError, DataError, RunFailed
-from pipeline.outputs import logs
-from pipeline.outputs.atomic import write_atomic
-from pipeline.outputs.console import close_live_progress, summary_table
-from pipeline.outputs.lock import FolderLock, refuse_if_locked, release_all
-from pipeline.outputs.recorder import CONFIG_FILE
+from pipeline.reporting import logs
+from pipeline.reporting.atomic import write_atomic
+from pipeline.reporting.console import close_live_progress, summary_table
+from pipeline.reporting.lock import FolderLock, refuse_if_locked, release_all
+from pipeline.reporting.recorder import CONFIG_FILE
 
 log = logging.getLogger("fedmed")
 
@@ -73,8 +73,8 @@ def check_device(cfg: DictConfig) -> None:
 
 def preflight(cfg: DictConfig) -> None:
     """Load the data, partition it, build the model and plan each hospital's DP budget: fail fast."""
-    from pipeline.outputs.tracking import check_backend
     from pipeline.privacy.plan import plan_for_run
+    from pipeline.reporting.tracking import check_backend
     from pipeline.task.model import build_model
     from pipeline.task.sites import hospital_data, pooled_data, test_dataset
 
@@ -109,7 +109,7 @@ def preflight(cfg: DictConfig) -> None:
 def execute(cfg: DictConfig, run_dir: Path) -> dict:
     """Validate, check, run; return the summary. Raises ConfigError / DataError / RunFailed.
 
-    The run folder is locked (:class:`~pipeline.outputs.lock.FolderLock`, ``<run_dir>/.fedmed.lock``)
+    The run folder is locked (:class:`~pipeline.reporting.lock.FolderLock`, ``<run_dir>/.fedmed.lock``)
     from before its config.yaml is written until the run returns: a second run in the folder of a
     live one fails with one line naming it (RunFailed) and changes nothing there.
 
@@ -117,7 +117,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     ``preflight``, the engine's parts (key generation, Ray, the size query, the rounds and their
     phases, the consortium's test) and ``total``.
     """
-    from pipeline.outputs.timing import Stopwatch, process_seconds
+    from pipeline.reporting.timing import Stopwatch, process_seconds
 
     watch = Stopwatch()
     watch.add("start", process_seconds())
@@ -164,9 +164,9 @@ def new_study_id() -> str:
 
 def record_provenance(cfg: DictConfig, run_dir: Path, summary: dict) -> dict:
     """Add versions, git commit, machine and data fingerprint to summary.json (honest comparisons)."""
-    from pipeline.outputs import provenance
-    from pipeline.outputs.recorder import SUMMARY_FILE, write_json
-    from pipeline.outputs.tracking import log_run
+    from pipeline.reporting import provenance
+    from pipeline.reporting.recorder import SUMMARY_FILE, write_json
+    from pipeline.reporting.tracking import log_run
 
     summary["provenance"] = provenance.collect(cfg)
     write_json(run_dir / SUMMARY_FILE, summary)
@@ -197,7 +197,7 @@ def _saved(run_dir: Path) -> str:
     """What an interrupted run leaves: its checkpointed rounds and the command that continues it."""
     import json
 
-    from pipeline.outputs.recorder import CHECKPOINT_FILE
+    from pipeline.reporting.recorder import CHECKPOINT_FILE
 
     if not (run_dir / CONFIG_FILE).exists():
         return "nothing was started yet; run the command again"

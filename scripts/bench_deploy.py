@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.outputs.recorder import METRICS_FILE, read_metrics
+from pipeline.reporting.recorder import METRICS_FILE, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,7 +24,7 @@ from pipeline.inference.clear import INFERENCE_DIR, input_tensors, load_run, pre
 from pipeline.inference.encrypted import CkksParams  # noqa: E402
 from pipeline.inference.report import encrypted_report  # noqa: E402
 from pipeline.inference.session import encrypted_logits  # noqa: E402
-from pipeline.outputs.recorder import write_json  # noqa: E402
+from pipeline.reporting.recorder import write_json  # noqa: E402
 
 HEADER = (
     "| layout | images | images/query | agreement | max logit diff | AUC enc / plain | encrypt s/img | evaluate s/img "

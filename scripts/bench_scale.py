@@ -25,8 +25,8 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline.outputs.recorder import METRICS_FILE, read_metrics
-from pipeline.outputs.timing import PHASE_COLUMNS
+from pipeline.reporting.recorder import METRICS_FILE, read_metrics
+from pipeline.reporting.timing import PHASE_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -17,7 +17,7 @@ from pipeline.config import compose
 from pipeline.config.suggest import exit_on_unknown_override
 from pipeline.engines.run_config import run_config_toml
 from pipeline.errors import ConfigError
-from pipeline.outputs.atomic import write_atomic
+from pipeline.reporting.atomic import write_atomic
 from pipeline.run import new_study_id
 
 

@@ -30,9 +30,9 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from pipeline.errors import RunFailed
 from pipeline.flower import messages as M
-from pipeline.outputs.console import progress_line
-from pipeline.outputs.recorder import CHECKPOINT_FILE, PRIVACY_FILE, RunRecorder, write_json
-from pipeline.outputs.timing import ExchangeTime, round_phases, run_phases
+from pipeline.reporting.console import progress_line
+from pipeline.reporting.recorder import CHECKPOINT_FILE, PRIVACY_FILE, RunRecorder, write_json
+from pipeline.reporting.timing import ExchangeTime, round_phases, run_phases
 from pipeline.secagg import aggregates
 from pipeline.secagg.aggregates import Aggregate
 from pipeline.secagg.params import layout, num_chunks, share_threshold, slots_per_chunk
@@ -47,7 +47,7 @@ POLL_SECONDS = 0.05
 MAX_ATTEMPTS = 2  # a round whose checks fail is tried once more, afresh, before the run stops
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 # (round, phase, replies so far, replies expected): called as an exchange starts and as each reply
-# arrives; round 0 is the size query. For progress displays (pipeline.outputs.console.LiveProgress).
+# arrives; round 0 is the size query. For progress displays (pipeline.reporting.console.LiveProgress).
 ProgressHook = Callable[[int, str, int, int], None]
 
 

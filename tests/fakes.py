@@ -31,7 +31,7 @@ Hospital = Callable[[Message], RecordDict | Error | None]  # None: no reply at a
 ROOT = Path(__file__).resolve().parents[1]
 _HOLD = (
     "import sys, time\n"
-    "from pipeline.outputs.lock import FolderLock\n"
+    "from pipeline.reporting.lock import FolderLock\n"
     "lock = FolderLock.beside(sys.argv[1]) if sys.argv[2] == 'beside' else FolderLock(sys.argv[1])\n"
     "lock.acquire()\n"
     "print('held', flush=True)\n"

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from pipeline.outputs.clinical_plots import write_clinical_plots
-from pipeline.outputs.plots import PLOT_FILE, plot_rounds, run_title
-from pipeline.outputs.recorder import MODEL_FILE, RunRecorder
 from pipeline.privacy.ledger import PrivacyLedger
 from pipeline.privacy.plan import plan_for_run
 from pipeline.privacy.randomness import round_randomness
+from pipeline.reporting.clinical_plots import write_clinical_plots
+from pipeline.reporting.plots import PLOT_FILE, plot_rounds, run_title
+from pipeline.reporting.recorder import MODEL_FILE, RunRecorder
 from pipeline.task.clinical import final_model_report, resolve_threshold, validation_metrics
 from pipeline.task.model import build_model, save_model
 from pipeline.task.sites import HospitalData, hospital_data, pooled_data, test_dataset

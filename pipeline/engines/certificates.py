@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pipeline.outputs.atomic import write_atomic
+from pipeline.reporting.atomic import write_atomic
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"

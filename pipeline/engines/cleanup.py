@@ -36,8 +36,8 @@ from pathlib import Path
 
 from pipeline.engines.workspace import private_lock, read_owner
 from pipeline.errors import RunFailed
-from pipeline.outputs.lock import LOCK_NAME, FolderLock, live_holder
-from pipeline.outputs.recorder import SUMMARY_FILE
+from pipeline.reporting.lock import LOCK_NAME, FolderLock, live_holder
+from pipeline.reporting.recorder import SUMMARY_FILE
 
 ENDED = ("completed", "stopped_early")
 DEFAULT_DAYS = 7.0

@@ -52,8 +52,8 @@ from pipeline.flower.context import (
     SIGNING_KEY_KEY,
     STATE_DIR_KEY,
 )
-from pipeline.outputs.atomic import write_atomic
-from pipeline.outputs.recorder import CHECKPOINT_FILE, METRICS_FILE, SUMMARY_FILE, read_metrics
+from pipeline.reporting.atomic import write_atomic
+from pipeline.reporting.recorder import CHECKPOINT_FILE, METRICS_FILE, SUMMARY_FILE, read_metrics
 from pipeline.secagg.params import ROSTER_FILE
 
 log = logging.getLogger("fedmed")
@@ -417,7 +417,7 @@ def prepare_sites(cfg: DictConfig, workspace: Path, secret: Path | None, resume:
 
 def round_echo(run_dir: Path, rounds: int, echo: Callable[[str], None]) -> Callable[[], None]:
     """A poller that echoes each new row of the run's metrics.csv as the server's progress line."""
-    from pipeline.outputs.console import progress_line
+    from pipeline.reporting.console import progress_line
 
     seen = 0
 

@@ -37,9 +37,9 @@ from pipeline.flower.context import (
     SIGNING_DIR_KEY,
     STATE_DIR_KEY,
 )
-from pipeline.outputs.logs import hospital_runtime_env
-from pipeline.outputs.recorder import CHECKPOINT_FILE, SUMMARY_FILE
-from pipeline.outputs.timing import Stopwatch
+from pipeline.reporting.logs import hospital_runtime_env
+from pipeline.reporting.recorder import CHECKPOINT_FILE, SUMMARY_FILE
+from pipeline.reporting.timing import Stopwatch
 from pipeline.secagg.params import ROSTER_FILE, SECRET_FILE, SERVER_FILE, SIGNING_DIR
 
 log = logging.getLogger("fedmed")
@@ -99,7 +99,7 @@ def ray_session(watch: Stopwatch | None = None) -> Iterator[None]:
     Ray's ``init`` replaces the driver's SIGTERM handler with one that exits without a word; ours
     (an interrupt that stops everything and names the resume command) is put back. Ray workers
     inherit the environment (so a test's FEDMED_FAULTS plan reaches the hospitals) and run
-    :func:`pipeline.outputs.logs.setup_hospital_process` at start. Every process Ray starts carries
+    :func:`pipeline.reporting.logs.setup_hospital_process` at start. Every process Ray starts carries
     this session's :data:`RUN_TAG` in its environment: whatever outlives ``ray.shutdown()`` (agents
     orphaned by the raylet) is stopped by it.
     """

@@ -14,8 +14,8 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.outputs.atomic import write_atomic
-from pipeline.outputs.lock import FolderLock
+from pipeline.reporting.atomic import write_atomic
+from pipeline.reporting.lock import FolderLock
 
 OWNER_FILE = "owner.json"
 

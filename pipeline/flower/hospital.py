@@ -39,11 +39,11 @@ from pipeline.flower.context import (
     own_data_root,
 )
 from pipeline.flower.hospital_state import HospitalState
-from pipeline.outputs.timing import Stopwatch
 from pipeline.privacy.ledger import BUDGET_SLACK, PrivacyLedger
 from pipeline.privacy.lifetime import LifetimeLedger, lifetime_file
 from pipeline.privacy.plan import DPPlan, plan_for_run
 from pipeline.privacy.randomness import REPRODUCIBLE, MechanismRandomness, round_randomness
+from pipeline.reporting.timing import Stopwatch
 from pipeline.secagg.masks import round_check
 from pipeline.secagg.params import share_threshold
 from pipeline.secagg.wire import Payload

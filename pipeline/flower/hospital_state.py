@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.outputs.atomic import write_atomic
+from pipeline.reporting.atomic import write_atomic
 
 _OPT_PREFIX = "opt_"
 

@@ -20,7 +20,7 @@ EVALUATE = "evaluate"
 # RecordDict keys
 CONFIG = "config"  # ConfigRecord: round settings (server -> hospital) or reply facts (hospital -> server)
 METRICS = "metrics"  # MetricRecord
-TIMING = "timing"  # MetricRecord of every reply: the handler's seconds by phase (pipeline.outputs.timing)
+TIMING = "timing"  # MetricRecord of every reply: the handler's seconds by phase (pipeline.reporting.timing)
 
 # ConfigRecord keys
 ROUND = "round"

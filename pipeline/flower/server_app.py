@@ -25,10 +25,10 @@ from pipeline import interrupts
 from pipeline.errors import DataError, RunFailed
 from pipeline.flower import faults
 from pipeline.flower.context import PUBLIC_CONTEXT_KEY, RUN_DIR_KEY, experiment, with_defaults
-from pipeline.outputs.atomic import write_atomic
-from pipeline.outputs.console import live_progress
-from pipeline.outputs.plots import PLOT_FILE, plot_rounds, run_title
-from pipeline.outputs.recorder import CONFIG_FILE, MODEL_FILE, RunRecorder
+from pipeline.reporting.atomic import write_atomic
+from pipeline.reporting.console import live_progress
+from pipeline.reporting.plots import PLOT_FILE, plot_rounds, run_title
+from pipeline.reporting.recorder import CONFIG_FILE, MODEL_FILE, RunRecorder
 from pipeline.secagg.aggregates import Aggregate
 from strategies.secure_fedavg import SecureFedAvg
 from strategies.server_optimizers import State
@@ -78,7 +78,7 @@ class PlaintextTest:
 def final_test(cfg: DictConfig, plaintext_test: PlaintextTest, rows: list[dict], run_dir: Path) -> dict[str, Any]:
     """The plaintext run's final model on the test split with its clinical metrics, at the hospitals'
     validation threshold of the last completed round (``rows``: metrics.csv); writes the plots."""
-    from pipeline.outputs.clinical_plots import write_clinical_plots
+    from pipeline.reporting.clinical_plots import write_clinical_plots
     from pipeline.task.clinical import final_model_report, resolve_threshold
     from pipeline.task.training import resolve_device
 

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from pipeline.errors import ConfigError, DataError
-from pipeline.outputs.recorder import CONFIG_FILE, MODEL_FILE
+from pipeline.reporting.recorder import CONFIG_FILE, MODEL_FILE
 from pipeline.task.data import FILE_KINDS, FileImages, Images, load_splits, make_dataset
 from pipeline.task.readers import PIL_SUFFIXES, image_format, scan
 

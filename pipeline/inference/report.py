@@ -11,7 +11,7 @@
   image (encrypt, evaluate, decrypt), bytes per query each way and the one-time size of the
   evaluation keys.
 
-Every file is written whole with :func:`pipeline.outputs.atomic.write_atomic`.
+Every file is written whole with :func:`pipeline.reporting.atomic.write_atomic`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import torch
 
 from pipeline.inference.clear import INFERENCE_DIR, UNKNOWN, InputImages, RunModel
 from pipeline.inference.session import EncryptedRun
-from pipeline.outputs.atomic import write_atomic
-from pipeline.outputs.recorder import write_json
+from pipeline.reporting.atomic import write_atomic
+from pipeline.reporting.recorder import write_json
 from pipeline.task.metrics import classification_metrics
 
 PREDICTIONS_CSV = "predictions.csv"

@@ -22,7 +22,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.errors import ConfigError
-from pipeline.outputs.timing import Stopwatch
 from pipeline.privacy.bk_clipping import make_private_bookkeeping
 from pipeline.privacy.ledger import PrivacyLedger
 from pipeline.privacy.plan import DPPlan
@@ -34,6 +33,7 @@ from pipeline.privacy.randomness import (
     poisson_loader,
     randomness_kind,
 )
+from pipeline.reporting.timing import Stopwatch
 
 
 @dataclass

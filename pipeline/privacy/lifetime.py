@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.outputs.atomic import write_atomic
 from pipeline.privacy.accounting import history_epsilon
+from pipeline.reporting.atomic import write_atomic
 
 FILE_SUFFIX = ".lifetime.json"
 History = list[tuple[float, float, int]]

@@ -25,8 +25,8 @@ from omegaconf import DictConfig
 from opacus.accountants.utils import get_noise_multiplier
 
 from pipeline.errors import ConfigError
-from pipeline.outputs.atomic import write_atomic
 from pipeline.privacy.accounting import history_epsilon
+from pipeline.reporting.atomic import write_atomic
 
 CACHE_ENV = "FEDMED_CACHE_DIR"
 CACHE_FILE = "noise_multipliers.json"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from pipeline.outputs.atomic import write_figure
+from pipeline.reporting.atomic import write_figure
 from pipeline.task.clinical import is_binary
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.outputs.atomic import write_figure
+from pipeline.reporting.atomic import write_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

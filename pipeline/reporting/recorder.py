@@ -1,6 +1,6 @@
 """A run folder's tables: metrics.csv (one row per round), summary.json and the round checkpoint.
 
-Every file is written whole through :func:`pipeline.outputs.atomic.write_atomic`, so an
+Every file is written whole through :func:`pipeline.reporting.atomic.write_atomic`, so an
 interrupted run never leaves a half-written file that looks complete. :func:`read_metrics` is the
 one reader of metrics.csv (resume, comparison, tracking, benchmarks, progress echo).
 """
@@ -14,8 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipeline.outputs.atomic import write_atomic
-from pipeline.outputs.timing import PHASE_COLUMNS
+from pipeline.reporting.atomic import write_atomic
+from pipeline.reporting.timing import PHASE_COLUMNS
 
 COLUMNS = [
     "round",
@@ -37,7 +37,7 @@ COLUMNS = [
     "decode_seconds",
     "clipped_fraction",
     "dropped",
-    *PHASE_COLUMNS,  # the round's seconds split by phase (pipeline.outputs.timing); they add up to ``seconds``
+    *PHASE_COLUMNS,  # the round's seconds split by phase (pipeline.reporting.timing); they add up to ``seconds``
 ]
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"

@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import ConfigError
-from pipeline.outputs.recorder import METRICS_FILE, read_metrics
+from pipeline.reporting.recorder import METRICS_FILE, read_metrics
 
 TENSORBOARD_DIR = "tensorboard"
 

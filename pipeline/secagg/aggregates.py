@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from pipeline.outputs.atomic import write_atomic
+from pipeline.reporting.atomic import write_atomic
 from pipeline.secagg.wire import Payload, digest
 from strategies.server_optimizers import ServerOptimizer, State
 

@@ -35,7 +35,7 @@ from flwr.supercore.primitives.asymmetric import (
     verify_signature,
 )
 
-from pipeline.outputs.atomic import write_atomic
+from pipeline.reporting.atomic import write_atomic
 from pipeline.secagg.params import ROSTER_FILE, SIGNING_DIR
 
 Roster = dict[int, ec.EllipticCurvePublicKey]

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.outputs.clinical_plots import write_clinical_plots
-from pipeline.outputs.recorder import CONFIG_FILE, METRICS_FILE, MODEL_FILE, SUMMARY_FILE, read_metrics, write_json
+from pipeline.reporting.clinical_plots import write_clinical_plots
+from pipeline.reporting.recorder import CONFIG_FILE, METRICS_FILE, MODEL_FILE, SUMMARY_FILE, read_metrics, write_json
 from pipeline.secagg import aggregates
 from pipeline.secagg.codec import AggregateRefused, CkksCodec, PlainCodec
 from pipeline.task.clinical import final_model_report, resolve_threshold

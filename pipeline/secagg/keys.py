@@ -27,7 +27,7 @@ from pathlib import Path
 import tenseal as ts
 from omegaconf import DictConfig
 
-from pipeline.outputs.atomic import write_atomic
+from pipeline.reporting.atomic import write_atomic
 from pipeline.secagg.params import ROSTER_FILE, SECRET_FILE, SERVER_FILE, SIGNING_DIR
 
 

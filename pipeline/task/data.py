@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
 from pipeline.errors import ConfigError, DataError
-from pipeline.outputs.atomic import write_atomic
+from pipeline.reporting.atomic import write_atomic
 from pipeline.task.manifest import (
     TEST_KEY,
     TRAINING_KEY,

@@ -24,7 +24,7 @@ from torch import nn
 
 from models.compat import dp_ready
 from pipeline.errors import ConfigError
-from pipeline.outputs.atomic import write_atomic
+from pipeline.reporting.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Run comparison (pipeline.analysis.compare, scripts/compare.py) and run provenance (pipeline.outputs.provenance).
+"""Run comparison (pipeline.analysis.compare, scripts/compare.py) and run provenance (pipeline.reporting.provenance).
 
 The e2e tests make two tiny real runs (DP-SGD at epsilon 3 and 8, a real Flower simulation each)
 and compare them through the user's command. The other tests compare hand-made run folders, no
@@ -27,7 +27,7 @@ from conftest import ROOT  # noqa: E402
 
 from pipeline.analysis import compare
 from pipeline.config.tree import flatten  # noqa: E402
-from pipeline.outputs import provenance  # noqa: E402
+from pipeline.reporting import provenance  # noqa: E402
 
 SCRIPT = ROOT / "scripts" / "compare.py"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

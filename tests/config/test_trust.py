@@ -28,8 +28,8 @@ def test_shipped_configs_as_a_run_sends_them_are_trusted(overrides):
         # the project's own modules are not all safe to call: this one writes files
         (
             "model",
-            {"_target_": "pipeline.outputs.atomic.write_atomic", "path": "/tmp/x", "data": "y"},
-            "model._target_='pipeline.outputs.atomic.write_atomic' is not in its allow-list",
+            {"_target_": "pipeline.reporting.atomic.write_atomic", "path": "/tmp/x", "data": "y"},
+            "model._target_='pipeline.reporting.atomic.write_atomic' is not in its allow-list",
         ),
         ("data", {"augment": [{"_target_": "subprocess.run", "args": ["true"]}]}, "data.augment[0]._target_"),
         ("model", {"name": "${oc.env:HOME}"}, "model.name='${oc.env:HOME}' is an interpolation"),

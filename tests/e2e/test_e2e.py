@@ -17,7 +17,7 @@ from conftest import DATA_ROOT, SMALL, compose_cfg, run_pipeline
 from omegaconf import OmegaConf
 
 from pipeline.errors import ConfigError, DataError
-from pipeline.outputs.recorder import read_metrics
+from pipeline.reporting.recorder import read_metrics
 from pipeline.task import sites
 from pipeline.task.model import build_model, get_flat
 from pipeline.task.training import evaluate

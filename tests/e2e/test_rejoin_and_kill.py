@@ -17,7 +17,7 @@ import torch
 from conftest import ROOT
 from test_reliability import QUICK, REPRODUCIBLE, command, run, summary
 
-from pipeline.outputs.recorder import read_metrics
+from pipeline.reporting.recorder import read_metrics
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ import torch
 from conftest import ROOT
 from omegaconf import OmegaConf
 
-from pipeline.outputs.recorder import read_metrics
+from pipeline.reporting.recorder import read_metrics
 from pipeline.secagg import aggregates
 from pipeline.task import sites
 from pipeline.task.model import build_model, get_flat

@@ -29,7 +29,7 @@ from pipeline.engines.certificates import make_certificates, make_node_key
 from pipeline.engines.deployment import LocalDeployment, flwr_processes, processes_with_environment
 from pipeline.engines.run_config import node_config_arg, run_config_toml
 from pipeline.errors import ConfigError, DataError
-from pipeline.outputs.recorder import read_metrics
+from pipeline.reporting.recorder import read_metrics
 from pipeline.task.sites import export_hospital_files, hospital_data, own_hospital_data
 
 try:

@@ -11,7 +11,7 @@ from fakes import held_elsewhere
 from pipeline.engines import deployment, simulation
 from pipeline.engines.workspace import private_lock, read_owner
 from pipeline.errors import RunFailed
-from pipeline.outputs.lock import read_holder
+from pipeline.reporting.lock import read_holder
 
 
 def _cfg(tmp_path, *overrides: str):

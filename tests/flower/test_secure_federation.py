@@ -19,8 +19,8 @@ from pipeline.flower import client_app, hospital
 from pipeline.flower import messages as M
 from pipeline.flower.context import EXPERIMENT_KEY
 from pipeline.flower.server_app import run_server
-from pipeline.outputs.recorder import CONFIG_FILE, METRICS_FILE, read_metrics
-from pipeline.outputs.timing import PHASE_COLUMNS
+from pipeline.reporting.recorder import CONFIG_FILE, METRICS_FILE, read_metrics
+from pipeline.reporting.timing import PHASE_COLUMNS
 from pipeline.secagg import aggregates, consortium, masks, protocol
 from pipeline.secagg import keys as ckks_keys
 from pipeline.secagg import quantize as packing

@@ -24,21 +24,21 @@ from conftest import ROOT
 # what every case's child runs first: after this, the next rename by the atomic writer kills the process
 DIE_AT_RENAME = """
 import os, signal
-import pipeline.outputs.atomic as atomic
+import pipeline.reporting.atomic as atomic
 def die_at_rename(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 """
 
 CASES = {
     "summary.json": """
-from pipeline.outputs.recorder import write_json
+from pipeline.reporting.recorder import write_json
 write_json(target, {"version": 1})
 {die}
 atomic.os.replace = die_at_rename
 write_json(target, {"version": 2, "padding": "x" * 10_000_000})
 """,
     "metrics.csv and checkpoint.json": """
-from pipeline.outputs.recorder import RunRecorder
+from pipeline.reporting.recorder import RunRecorder
 rec = RunRecorder(target.parent)
 rec.add_round({"round": 1, "val_auc": 0.5})
 rec.write_checkpoint({"completed_round": 1})

@@ -18,7 +18,7 @@ from conftest import DATA_ROOT, ROOT, compose_cfg
 from fakes import held_elsewhere
 
 from pipeline.errors import RunFailed
-from pipeline.outputs.lock import LOCK_NAME, FolderLock, live_holder, process_start_time, read_holder
+from pipeline.reporting.lock import LOCK_NAME, FolderLock, live_holder, process_start_time, read_holder
 
 
 def dead_pid() -> int:
@@ -61,7 +61,7 @@ def test_a_second_process_is_refused_in_one_line_naming_the_holder(tmp_path):
     assert "\n" not in message
     who = f"pid {other.pid} on host {socket.gethostname()}, started 20"
     assert message.startswith(f"{run.resolve()} is in use by another run ({who}")
-    assert f"{Path(sys.executable).name} -c import sys, time from pipeline.outputs.lock" in message
+    assert f"{Path(sys.executable).name} -c import sys, time from pipeline.reporting.lock" in message
     assert message.endswith("wait for it to finish or stop it, or choose another folder")
 
 
@@ -103,7 +103,7 @@ def test_the_same_process_may_take_its_own_lock_again(tmp_path):
 
 
 def test_a_half_written_lock_is_in_use_while_young_and_stale_when_old(tmp_path, monkeypatch):
-    monkeypatch.setattr("pipeline.outputs.lock.HALF_WRITTEN_SECONDS", 0.5)
+    monkeypatch.setattr("pipeline.reporting.lock.HALF_WRITTEN_SECONDS", 0.5)
     path = tmp_path / LOCK_NAME
     path.write_text('{"pid": 12')
 

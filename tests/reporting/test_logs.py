@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-from pipeline.outputs import console, logs
+from pipeline.reporting import console, logs
 
 
 def record(name: str, level: int, msg: str, *args) -> logging.LogRecord:
@@ -94,7 +94,7 @@ def test_run_log_keeps_the_library_lines_the_console_leaves_out(root_logging, ca
 def test_a_hospital_process_silences_library_warnings_but_not_its_own_and_leaves_ctrl_c_to_the_driver():
     code = (
         "import signal, warnings\n"
-        "from pipeline.outputs.logs import setup_hospital_process\n"
+        "from pipeline.reporting.logs import setup_hospital_process\n"
         "setup_hospital_process()\n"
         "warnings.warn_explicit('Secure RNG turned off', UserWarning, 'x.py', 1, module='opacus.privacy_engine')\n"
         "warnings.warn_explicit('our own warning', UserWarning, 'y.py', 1, module='pipeline.task.data')\n"

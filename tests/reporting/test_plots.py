@@ -1,4 +1,4 @@
-"""The run folder's curves.png (pipeline.outputs.plots): what the figure shows, read from its axes."""
+"""The run folder's curves.png (pipeline.reporting.plots): what the figure shows, read from its axes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from conftest import compose_cfg
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline.outputs.plots import AUC_LIMITS, rounds_figure, run_title  # noqa: E402
+from pipeline.reporting.plots import AUC_LIMITS, rounds_figure, run_title  # noqa: E402
 
 
 def rows(rounds: int = 3, bytes_per_round: float = 656_760) -> list[dict]:

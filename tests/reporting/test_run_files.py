@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.outputs.atomic import write_atomic
-from pipeline.outputs.console import summary_table
-from pipeline.outputs.plots import PLOT_FILE, plot_rounds
-from pipeline.outputs.recorder import COLUMNS, METRICS_FILE, SUMMARY_FILE, RunRecorder, read_metrics
+from pipeline.reporting.atomic import write_atomic
+from pipeline.reporting.console import summary_table
+from pipeline.reporting.plots import PLOT_FILE, plot_rounds
+from pipeline.reporting.recorder import COLUMNS, METRICS_FILE, SUMMARY_FILE, RunRecorder, read_metrics
 from pipeline.secagg import aggregates
 from pipeline.secagg.aggregates import Aggregate
 from pipeline.secagg.wire import Payload, digest

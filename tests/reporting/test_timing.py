@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pipeline.outputs.timing import PHASE_COLUMNS, ExchangeTime, Stopwatch, process_seconds, round_phases, run_phases
+from pipeline.reporting.timing import PHASE_COLUMNS, ExchangeTime, Stopwatch, process_seconds, round_phases, run_phases
 
 
 def test_stopwatch_sums_blocks_moves_parts_and_reports_a_total():

@@ -12,8 +12,8 @@ import pytest
 from conftest import compose_cfg
 
 from pipeline.errors import ConfigError
-from pipeline.outputs.recorder import RunRecorder
-from pipeline.outputs.tracking import log_run
+from pipeline.reporting.recorder import RunRecorder
+from pipeline.reporting.tracking import log_run
 
 SUMMARY = {"test": {"auc": 0.91, "accuracy": 0.85}, "epsilon": {"0": 7.9, "1": 7.8}}
 
@@ -110,7 +110,7 @@ def test_tensorboard_missing_is_one_config_error_naming_the_pip_command(tmp_path
 def test_a_missing_logger_package_is_refused_before_the_run(monkeypatch, backend):
     import importlib.util
 
-    from pipeline.outputs.tracking import check_backend
+    from pipeline.reporting.tracking import check_backend
 
     cfg = compose_cfg(f"logger={backend}")
     check_backend(cfg)  # installed here (the test extra)

@@ -18,7 +18,7 @@ from flwr.serverapp.strategy import Strategy
 
 from pipeline.errors import RunFailed
 from pipeline.flower import messages as M
-from pipeline.outputs.recorder import RunRecorder, read_metrics
+from pipeline.reporting.recorder import RunRecorder, read_metrics
 from pipeline.secagg import aggregates
 from pipeline.secagg.aggregates import Aggregate
 from pipeline.secagg.wire import Payload

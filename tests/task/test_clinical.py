@@ -13,8 +13,8 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score
 
 from pipeline.analysis.compare.report import _test_auc_cell
-from pipeline.outputs.clinical_plots import CALIBRATION_FILE, ROC_FILE, write_clinical_plots
-from pipeline.outputs.console import summary_table
+from pipeline.reporting.clinical_plots import CALIBRATION_FILE, ROC_FILE, write_clinical_plots
+from pipeline.reporting.console import summary_table
 from pipeline.task.clinical import (
     bootstrap_auc_ci,
     calibration,

@@ -198,7 +198,7 @@ def save_grid(images: dict[str, torch.Tensor], report: dict[str, Any], path: Pat
         va="center",
     )
     fig.subplots_adjust(left=0.16, right=0.98, top=0.95, bottom=0.02, hspace=0.35, wspace=0.08)
-    from pipeline.outputs.atomic import write_figure
+    from pipeline.reporting.atomic import write_figure
 
     write_figure(fig, path, dpi=120)
     plt.close(fig)
@@ -218,7 +218,7 @@ def _finite(value: Any) -> Any:
 
 def write_report(report: dict[str, Any], images: dict[str, torch.Tensor], out: Path) -> list[Path]:
     """Write report.json, report.md and (with an inversion) inversion_grid.png into ``out``."""
-    from pipeline.outputs.atomic import write_atomic
+    from pipeline.reporting.atomic import write_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     written = [out / REPORT_JSON, out / REPORT_MD]

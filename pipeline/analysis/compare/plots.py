@@ -14,8 +14,8 @@ from pipeline.analysis.compare.differences import setting_label
 from pipeline.analysis.compare.metrics import is_encrypted, is_private, mean_present
 from pipeline.analysis.compare.runs import Run
 from pipeline.analysis.compare.values import canon
-from pipeline.outputs.atomic import write_figure
-from pipeline.outputs.plots import auc_limits, bytes_unit, integer_rounds
+from pipeline.reporting.atomic import write_figure
+from pipeline.reporting.plots import auc_limits, bytes_unit, integer_rounds
 
 
 def _pyplot() -> Any:

@@ -13,7 +13,7 @@ from pipeline.analysis.compare.comparison import SEED_METRICS, Comparison
 from pipeline.analysis.compare.metrics import ATTACK_COLUMNS, METRIC_COLUMNS
 from pipeline.analysis.compare.plots import plot_cost, plot_privacy_utility, plot_val_auc
 from pipeline.analysis.compare.values import ABSENT, INACTIVE, MISSING, show_value
-from pipeline.outputs.atomic import write_atomic
+from pipeline.reporting.atomic import write_atomic
 
 
 def _human_bytes(n: float) -> str:

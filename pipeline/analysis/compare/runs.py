@@ -19,7 +19,7 @@ import yaml
 
 from pipeline.analysis.compare.values import mask_inactive
 from pipeline.config.tree import flatten
-from pipeline.outputs.recorder import read_metrics
+from pipeline.reporting.recorder import read_metrics
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
