@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from pipeline.secagg.params import TAG_FIELD_BITS, TAG_FIELDS
+from pipeline.secagg.shamir import combine
 
 SEED_BYTES = 32
 
@@ -114,10 +115,8 @@ def unmask(summed: np.ndarray, bits: int, correction_: np.ndarray) -> np.ndarray
 
 def rebuild_seed(shares: list[bytes], expected: str) -> bytes:
     """A self-mask seed from enough Shamir shares; ValueError if it does not match its commitment."""
-    from flwr.common.secure_aggregation.crypto.shamir import combine_shares
-
     try:
-        seed = combine_shares(shares)
+        seed = combine(shares)
     except ValueError:
         seed = b""
     if commitment(seed) != expected:
