@@ -6,7 +6,8 @@ every hospital applied them, which yields the final global model; it evaluates i
 held-out test split (with the clinical metrics of :mod:`pipeline.task.clinical` at the hospitals'
 validation threshold of the last completed round, from metrics.csv) and writes it, roc.png and
 calibration.png to the run folder. The server plays no part here and never sees a decrypted
-model; in a simulation this runs as its own process.
+model; in a simulation this runs in its own process, forked from the driver after the rounds
+(:mod:`pipeline.engines.forked`).
 
     python -m pipeline.secagg.consortium RUN_DIR --secret-context hospitals_secret.ctx
     (= python scripts/consortium.py ..., fedmed-consortium ...)
@@ -81,19 +82,25 @@ def finalize(run_dir: str | Path, codec: PlainCodec | CkksCodec) -> dict:
     return metrics
 
 
+def test_final_model(run_dir: str | Path, secret_context: str | Path) -> dict:
+    """:func:`finalize` with the hospitals' secret context file (what the simulation's consortium
+    process runs). Raises AggregateRefused like :func:`rebuild`."""
+    from pipeline.secagg.keys import load_secret_context
+
+    ctx, server_bytes = load_secret_context(str(secret_context))
+    cfg = OmegaConf.load(Path(run_dir) / CONFIG_FILE)
+    codec = CkksCodec(ctx, server_bytes, cfg.encryption, int(cfg.federation.num_hospitals))
+    return finalize(run_dir, codec)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: decrypt, test and save a run's final model."""
     parser = argparse.ArgumentParser(description="Decrypt, test and save a run's final model (key holders only).")
     parser.add_argument("run_dir")
     parser.add_argument("--secret-context", required=True, help="the hospitals' secret context file")
     args = parser.parse_args(argv)
-    from pipeline.secagg.keys import load_secret_context
-
-    ctx, server_bytes = load_secret_context(str(args.secret_context))
-    cfg = OmegaConf.load(Path(args.run_dir) / CONFIG_FILE)
-    codec = CkksCodec(ctx, server_bytes, cfg.encryption, int(cfg.federation.num_hospitals))
     try:
-        metrics = finalize(args.run_dir, codec)
+        metrics = test_final_model(args.run_dir, args.secret_context)
     except AggregateRefused as err:
         print(f"error: the consortium refuses to replay an aggregate: {err}", file=sys.stderr)
         return 2

@@ -244,7 +244,10 @@ def test_deployment_and_simulation_of_one_config_agree(deployed, private_run, tm
     # the same plan spends the same budget; the DP noise is fresh in each run, so the models differ
     assert sorted(dep["epsilon"].values()) == pytest.approx(sorted(sim["epsilon"].values()), abs=1e-6)
     assert dep["private"] is sim["private"] is True
-    assert dep["test"]["auc"] == pytest.approx(sim["test"]["auc"], abs=0.03)
+    # both trained (an untrained model scores about 0.5); the fresh noise of 2 private rounds moves the
+    # test AUC of :data:`SMALL` by a few hundredths between runs (0.863 and 0.897 were seen)
+    assert min(dep["test"]["auc"], sim["test"]["auc"]) > 0.75
+    assert dep["test"]["auc"] == pytest.approx(sim["test"]["auc"], abs=0.08)
     a, b = (torch.load(d / "model.pt") for d in (run_dir, sim_dir))
     assert any(not torch.equal(a[k], b[k]) for k in a), "two private runs of one config must not share their noise"
     done = subprocess.run(
