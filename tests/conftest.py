@@ -92,6 +92,22 @@ def twin_runs(tmp_path_factory) -> Path:
     return parent
 
 
+# The quick synthetic run of the reliability tests, and the explicit, not-private mode in which a
+# run's DP batches and noise follow its config (what bit-equality between two runs needs).
+QUICK = ["data=synthetic", "data.num_samples=300", "train.batch_size=32", "federation.rounds=2", "train.local_epochs=1"]
+REPRODUCIBLE = ["privacy.reproducible=true", "privacy.secure_mode=false"]
+
+
+@pytest.fixture(scope="session")
+def reproducible_run(tmp_path_factory) -> Path:
+    """:data:`QUICK` with 3 rounds in the :data:`REPRODUCIBLE` mode, uninterrupted: the model and epsilons
+    that a paused, killed or resumed run of the same config must end with."""
+    run_dir = tmp_path_factory.mktemp("reproducible")
+    private = tmp_path_factory.mktemp("reproducible_hospitals")
+    run_pipeline(run_dir, *QUICK, "federation.rounds=3", *REPRODUCIBLE, f"federation.hospital_dir={private}")
+    return run_dir
+
+
 def privacy_cfg(**kw):
     """A complete ``privacy`` group (DP on, the default ``bk`` clipping) with ``kw`` overriding its values."""
     base = dict(

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import QUICK, REPRODUCIBLE, ROOT
 from omegaconf import OmegaConf
 
 from pipeline.reporting.recorder import read_metrics
@@ -24,8 +24,6 @@ from pipeline.task.model import build_model, get_flat
 from pipeline.task.training import evaluate
 
 pytestmark = pytest.mark.e2e
-QUICK = ["data=synthetic", "data.num_samples=300", "train.batch_size=32", "federation.rounds=2", "train.local_epochs=1"]
-REPRODUCIBLE = ["privacy.reproducible=true", "privacy.secure_mode=false"]
 
 
 def command(run_dir: Path, *overrides: str) -> list[str]:
@@ -76,10 +74,9 @@ def test_failing_hospitals_are_left_out_named_and_too_few_stop_the_run_with_the_
     assert sorted(result["epsilon"]) == ["0", "1", "2"] and all(0 < e <= 8.0 for e in result["epsilon"].values())
 
 
-def test_paused_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
+def test_paused_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, reproducible_run):
     # bit-equality needs the DP mechanism seeded from the config: the explicit, not-private test mode
-    common = [*QUICK, f"federation.hospital_dir={tmp_path / 'h'}", *REPRODUCIBLE]
-    assert run(tmp_path / "full", *common).returncode == 0
+    common = [*QUICK, "federation.rounds=3", f"federation.hospital_dir={tmp_path / 'h'}", *REPRODUCIBLE]
     paused = run(tmp_path / "part", *common, "federation.stop_after=1")
     assert paused.returncode == 0
     assert summary(tmp_path / "part")["status"] == "paused"
@@ -94,11 +91,11 @@ def test_paused_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
     )
     assert "Traceback" not in refused.stdout + refused.stderr
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    full, part = summary(tmp_path / "full"), summary(tmp_path / "part")
+    full, part = summary(reproducible_run), summary(tmp_path / "part")
     assert full["private"] is False and full["randomness"] == ["reproducible"]
-    assert part["status"] == "completed" and len(read_metrics(tmp_path / "part" / "metrics.csv")) == 2
+    assert part["status"] == "completed" and len(read_metrics(tmp_path / "part" / "metrics.csv")) == 3
     assert part["epsilon"] == full["epsilon"] and len(full["epsilon"]) == 3
-    a, b = torch.load(tmp_path / "full" / "model.pt"), torch.load(tmp_path / "part" / "model.pt")
+    a, b = torch.load(reproducible_run / "model.pt"), torch.load(tmp_path / "part" / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
