@@ -81,8 +81,10 @@ def test_an_interrupted_driver_stops_the_child(tmp_path):
     pid_file = tmp_path / "child.pid"
     code = "\n".join(
         [
-            "import os, sys, time",
+            "import os, signal, sys, time",
             "from pipeline.engines.forked import run_forked",
+            # as pipeline.run does: a process started in the background inherits SIGINT ignored
+            "signal.signal(signal.SIGINT, signal.default_int_handler)",
             "def nap(path):",
             "    open(path, 'w').write(str(os.getpid()))",
             "    time.sleep(60)",
