@@ -19,13 +19,13 @@ from Crypto.Util.Padding import unpad
 
 _BITS = 128
 _MASK = (1 << _BITS) - 1
-_LOW = 0x87  # x^128 = x^7 + x^2 + x + 1 (pycryptodome's field polynomial)
 _CHUNK = 16
 _INDEX = 4
 
 
 def _reduce(r: int) -> int:
-    """``r`` (a carry-less product, under 2^255) modulo the field polynomial."""
+    """``r`` (a carry-less product, under 2^255) modulo pycryptodome's field polynomial
+    x^128 + x^7 + x^2 + x + 1: the bits above 128 fold back as x^7 + x^2 + x + 1."""
     while r >> _BITS:
         hi = r >> _BITS
         r = (r & _MASK) ^ hi ^ (hi << 1) ^ (hi << 2) ^ (hi << 7)
