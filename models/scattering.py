@@ -1,9 +1,18 @@
 """Handcrafted features for DP: the scattering transform before a small CNN (Tramer and Boneh 2021).
 
-A ScatterNet (Mallat's wavelet scattering, from the ``kymatio`` package) has no trainable
-parameters: under DP-SGD its features cost no privacy and add no noise, and the CNN after it
-learns from features that already separate edges and textures at every orientation. With
-``J=2`` and ``L=8`` a 28x28 greyscale image becomes 81 feature maps of 7x7.
+A ScatterNet (Mallat's wavelet scattering, with the ``kymatio`` package's Morlet filter bank) has
+no trainable parameters: under DP-SGD its features cost no privacy and add no noise, and the CNN
+after it learns from features that already separate edges and textures at every orientation.
+With ``J=2`` and ``L=8`` a 28x28 greyscale image becomes 81 feature maps of 7x7.
+
+The transform runs at every training step (the augmented images change every epoch, so the
+features cannot be computed once), and it was about 70% of a hospital's training time with
+kymatio's own forward pass, which loops over the 81 paths one by one. :class:`Scattering` computes
+the same coefficients (kymatio's filters, padding and path order; equal to ~1e-6, pinned by
+tests/task/test_models.py) with the paths batched: one product per scale pair for all
+orientations, the Fourier periodisation folded into that product, and every low-pass-and-subsample
+(a fixed linear map of a real image) as one matrix product. About 2x faster on one CPU thread
+(docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -14,8 +23,47 @@ from torch import nn
 from pipeline.errors import ConfigError
 
 
+def _periodize(spectrum: torch.Tensor, k: int) -> torch.Tensor:
+    """The spectrum of the image subsampled by ``k`` per side: the mean of the ``k x k`` aliased blocks."""
+    h, w = spectrum.shape[-2] // k, spectrum.shape[-1] // k
+    return spectrum.unflatten(-1, (k, w)).unflatten(-3, (k, h)).sum((-4, -2)) / (k * k)
+
+
+def _lowpass_matrix(phi: torch.Tensor, k: int) -> torch.Tensor:
+    """The real ``[side^2, out^2]`` matrix of kymatio's low-pass step at one resolution.
+
+    A real ``side x side`` image ``u`` -> ``real(ifft2(periodize(fft2(u) * phi, k)))`` without its
+    one-pixel border: linear in ``u``, so it is computed once on the identity basis (float64).
+    """
+    side = phi.shape[-1]
+    basis = torch.eye(side * side, dtype=torch.float64).reshape(-1, side, side)
+    low = torch.fft.ifft2(_periodize(torch.fft.fft2(basis) * phi, k)).real[..., 1:-1, 1:-1]
+    return low.flatten(1).float()
+
+
+def _wavelet_modulus(spectrum: torch.Tensor, psi: torch.Tensor, k: int) -> torch.Tensor:
+    """``|ifft2(periodize(spectrum[:, :, None] * psi, k))|`` for every orientation at once.
+
+    ``spectrum``: ``[N, T, H, W]`` complex; ``psi``: ``[L, H, W]`` real (in Fourier) -> ``[N, T, L, H/k, W/k]``.
+    The product and the periodisation are one real batched matrix product per output frequency
+    (``[N*T*2, k*k] @ [k*k, L]``), so the full-size ``[N, T, L, H, W]`` product is never stored.
+    """
+    n, t, height, width = spectrum.shape
+    h, w, orientations = height // k, width // k, len(psi)
+    u = torch.view_as_real(spectrum).reshape(n * t, k, h, k, w, 2).permute(2, 4, 0, 5, 1, 3)
+    p = (psi / (k * k)).reshape(orientations, k, h, k, w).permute(2, 4, 1, 3, 0)
+    v = torch.bmm(u.reshape(h * w, n * t * 2, k * k).contiguous(), p.reshape(h * w, k * k, orientations).contiguous())
+    v = v.reshape(h, w, n, t, 2, orientations).permute(2, 3, 5, 0, 1, 4).contiguous()
+    z = torch.view_as_real(torch.fft.ifft2(torch.view_as_complex(v)))
+    # |z| with a zero gradient where z = 0 (kymatio's ModulusStable), e.g. a blank image's wavelet responses
+    return torch.addcmul(z[..., 0] * z[..., 0], z[..., 1], z[..., 1]).clamp_min(1e-38).sqrt()
+
+
 class Scattering(nn.Module):
     """2-D wavelet scattering of order 2 as a parameter-free layer: [B, C, H, W] -> [B, C * K, H / 2^J, W / 2^J].
+
+    The coefficients and their order are kymatio's ``Scattering2D(J, (H, W), L)`` (order 0, then
+    order 1 by scale and orientation, then order 2 by ``(j1, theta1, j2, theta2)``).
 
     Args:
         in_channels: image channels.
@@ -27,21 +75,50 @@ class Scattering(nn.Module):
     def __init__(self, in_channels: int, image_size: int, J: int = 2, L: int = 8) -> None:  # noqa: N803 (kymatio's names)
         super().__init__()
         try:  # kymatio.torch imports its 3-D frontend too, which needs a SciPy older than 1.15
-            from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
+            from kymatio.scattering2d.backend.torch_backend import Pad
+            from kymatio.scattering2d.filter_bank import filter_bank
+            from kymatio.scattering2d.utils import compute_padding
         except ImportError as err:
             raise ConfigError(f"model=scatter_cnn needs the kymatio package ({err}); pip install kymatio") from None
         if image_size % (1 << J):
             raise ConfigError(f"model.J={J}: the image side {image_size} must be a multiple of 2^J={1 << J}")
-        self.scattering = ScatteringTorch2D(J=J, shape=(image_size, image_size), L=L)
-        # The wavelet filters are constants every party rebuilds from (J, L, size): kept out of the
-        # state_dict, so they never travel in (or get moved by the aggregation of) a model update.
-        for name, filt in list(self.scattering._buffers.items()):
-            del self.scattering._buffers[name]
-            self.scattering.register_buffer(name, filt, persistent=False)
+        padded = compute_padding(image_size, image_size, J)[0]
+        self.pad = Pad([(padded - image_size) // 2, (padded - image_size + 1) // 2] * 2, [image_size, image_size])
+        bank = filter_bank(padded, padded, J, L)
+        # The filters are constants every party rebuilds from (J, L, size): non-persistent buffers,
+        # so they never travel in (or get moved by the aggregation of) a model update.
+        for res, phi in enumerate(bank["phi"]["levels"]):
+            low = _lowpass_matrix(torch.from_numpy(phi), 1 << (J - res))
+            self.register_buffer(f"low{res}", low, persistent=False)
+        for j in range(J):
+            psis = [f for f in bank["psi"] if f["j"] == j]
+            for res in range(len(psis[0]["levels"])):
+                stacked = torch.stack([torch.from_numpy(f["levels"][res]) for f in psis]).float()
+                self.register_buffer(f"psi{j}_{res}", stacked, persistent=False)
+        self.J = J
         self.in_channels = in_channels
         self.out_channels = in_channels * (1 + J * L + L * L * J * (J - 1) // 2)
         self.out_size = image_size >> J
 
+    def _lowpass(self, image: torch.Tensor, res: int) -> torch.Tensor:
+        """Real images at resolution ``res`` [..., side, side] -> their low-pass coefficients [..., out^2]."""
+        return image.flatten(-2) @ getattr(self, f"low{res}")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.scattering(x.contiguous())  # [B, C, K, H', W']
-        return out.reshape(len(x), self.out_channels, self.out_size, self.out_size)
+        n = len(x)
+        u = self.pad(x.reshape(-1, *x.shape[-2:]))[..., 0]  # [N*C, P, P], reflection-padded
+        spectrum = torch.fft.fft2(u)[:, None]
+        order0 = self._lowpass(u, 0)[:, None]
+        order1, order2 = [], []
+        for j1 in range(self.J):
+            u1 = _wavelet_modulus(spectrum, getattr(self, f"psi{j1}_0"), 1 << j1)[:, 0]  # [N*C, L, P/2^j1, ...]
+            order1.append(self._lowpass(u1, j1))
+            if j1 + 1 < self.J:
+                u1_spectrum = torch.fft.fft2(u1)
+                paths = [
+                    self._lowpass(_wavelet_modulus(u1_spectrum, getattr(self, f"psi{j2}_{j1}"), 1 << (j2 - j1)), j2)
+                    for j2 in range(j1 + 1, self.J)
+                ]
+                order2.append(torch.cat(paths, 2).flatten(1, 2))  # (theta1, j2, theta2)
+        out = torch.cat([order0, *order1, *order2], 1)
+        return out.reshape(n, self.out_channels, self.out_size, self.out_size)

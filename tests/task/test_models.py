@@ -10,6 +10,7 @@ from torch import nn
 
 from models import builders
 from models.compat import disable_inplace, dp_ready, replace_batchnorm
+from models.scattering import Scattering
 from pipeline.errors import ConfigError
 from pipeline.task.model import build_model, get_flat, model_builder, save_model, set_flat
 
@@ -182,6 +183,36 @@ def test_the_scattering_model_keeps_its_filters_out_of_the_shared_state_and_refu
         build_model(volumes, 1, 2, 16)
     with pytest.raises(ConfigError, match="multiple of 2\\^J=4"):
         build_model(cfg, 1, 2, 30)
+
+
+@pytest.mark.parametrize(("channels", "size", "J", "L"), [(1, 28, 2, 8), (2, 32, 3, 4), (1, 64, 2, 8)])
+def test_the_batched_scattering_equals_kymatios_own(channels, size, J, L):  # noqa: N803
+    # Prepare: kymatio's reference forward (path by path) on the same images
+    from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
+
+    images = torch.rand(6, channels, size, size, generator=torch.Generator().manual_seed(0))
+    reference = ScatteringTorch2D(J=J, shape=(size, size), L=L)(images).reshape(6, -1, size >> J, size >> J)
+
+    # Execute
+    ours = Scattering(channels, size, J, L)(images)
+
+    # Assert: same coefficients in the same order
+    assert ours.shape == reference.shape
+    assert torch.allclose(ours, reference, atol=1e-5, rtol=1e-4)
+
+
+def test_the_scattering_has_finite_second_order_gradients_even_on_a_blank_image():
+    # Prepare: a blank image has zero wavelet responses (|z| at 0); inversion attacks differentiate twice
+    layer = Scattering(1, 28)
+    x = torch.zeros(2, 1, 28, 28, requires_grad=True)
+
+    # Execute
+    (g,) = torch.autograd.grad(layer(x).square().sum() + layer(x).sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.square().sum(), x)
+
+    # Assert
+    assert torch.isfinite(g).all() and torch.isfinite(gg).all()
+    assert g.abs().sum() > 0
 
 
 def test_a_builder_without_a_3d_form_is_refused():
