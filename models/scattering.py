@@ -6,13 +6,13 @@ after it learns from features that already separate edges and textures at every 
 With ``J=2`` and ``L=8`` a 28x28 greyscale image becomes 81 feature maps of 7x7.
 
 The transform runs at every training step (the augmented images change every epoch, so the
-features cannot be computed once), and it was about 70% of a hospital's training time with
-kymatio's own forward pass, which loops over the 81 paths one by one. :class:`Scattering` computes
+features cannot be computed once), and it was about two thirds of a hospital's training time
+with kymatio's own forward pass, which loops over the 81 paths one by one. :class:`Scattering` computes
 the same coefficients (kymatio's filters, padding and path order; equal to ~1e-6, pinned by
 tests/task/test_models.py) with the paths batched: one product per scale pair for all
 orientations, the Fourier periodisation folded into that product, and every low-pass-and-subsample
-(a fixed linear map of a real image) as one matrix product. About 2x faster on one CPU thread
-(docs/BENCHMARKS.md).
+(a fixed linear map of a real image) as one matrix product: 1.6x faster on one CPU thread, and a
+hospital's round of training 1.46x (``scripts/bench_scattering.py``, docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@
 Runs hospital 0's work of one round in this process under cProfile, as its ClientApp does it:
 local training (DP-SGD on its real share, the default config), encoding its update with a fresh
 CKKS key and the packing of the run, decoding a sum, and the validation of the new model. Prints a
-Markdown table of seconds per group (augmentation, forward/backward, per-sample clipping, noise,
-accounting, data loading, CKKS) and the top functions by cumulative time, for docs/BENCHMARKS.md.
+Markdown table of seconds per group (augmentation, ScatterNet features, forward/backward,
+per-sample clipping, noise, accounting, data loading, CKKS) and the top functions by cumulative
+time, for docs/BENCHMARKS.md.
 The round-level split (the hospitals and the server together) is in every run's ``metrics.csv``
 (``phase_*``); this is the magnifying glass for the hospital's part.
 """
@@ -33,6 +34,7 @@ from pipeline.task.sites import hospital_data
 # (group, substrings of "file:function" that belong to it), first match wins
 GROUPS = (
     ("augmentation (transforms)", ("transforms.py:__call__", "LightAffine", "spatial/array.py")),
+    ("ScatterNet features", ("scattering.py:forward",)),
     ("per-sample clipping (bk)", ("bk_clipping.py:clip_gradients",)),
     ("noise", ("randomness.py:add_noise",)),
     ("accounting (epsilon)", ("accounting.py:history_epsilon",)),
