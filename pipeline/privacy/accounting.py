@@ -1,4 +1,4 @@
-"""Epsilon of an accountant history, computed once: one PRV evaluation takes about 0.3 s here.
+"""Epsilon of an accountant history, computed once: one PRV evaluation takes 0.1-0.3 s here.
 
 A hospital asks for the same epsilon several times a round (can it afford the round, what it has
 spent, what its lifetime ledger says, again when it evaluates), so :func:`history_epsilon`
@@ -18,19 +18,33 @@ _MEMO: dict[tuple, float] = {}
 _MEMO_LIMIT = 4096
 
 
+def merged_history(history: Iterable[Sequence]) -> tuple[Entry, ...]:
+    """``history`` with the steps of its entries of equal (noise multiplier, sample rate) added up.
+
+    A mechanism composed ``n`` times and then ``m`` times is the mechanism composed ``n + m``
+    times, in any order, so every accountant gives the same epsilon for both (to ~1e-11 with
+    Opacus's PRV); but Opacus's PRV accountant pays per entry (an RDP bound of its domain each),
+    and a round's trial history ``[(s, q, n), (s, q, k)]`` would cost twice its merged one.
+    """
+    steps: dict[tuple[float, float], int] = {}
+    for s, q, n in history:
+        if int(n) > 0:
+            steps[float(s), float(q)] = steps.get((float(s), float(q)), 0) + int(n)
+    return tuple((s, q, n) for (s, q), n in steps.items())
+
+
 def _key(history: Iterable[Sequence], delta: float, accountant: str) -> tuple:
-    return str(accountant), tuple((float(s), float(q), int(n)) for s, q, n in history), float(delta)
+    return str(accountant), merged_history(history), float(delta)
 
 
 def history_epsilon(history: Iterable[Sequence], delta: float, accountant: str) -> float:
     """Epsilon at ``delta`` of every step in ``history`` under ``accountant`` (0 without steps)."""
     key = _key(history, delta, accountant)
     if key not in _MEMO:
-        entries = [h for h in key[1] if h[2] > 0]
-        if not entries:
+        if not key[1]:
             return 0.0
         acc = create_accountant(mechanism=key[0])
-        acc.history = entries
+        acc.history = list(key[1])
         if len(_MEMO) >= _MEMO_LIMIT:
             _MEMO.clear()
         _MEMO[key] = float(acc.get_epsilon(delta=key[2]))

@@ -36,15 +36,6 @@ def lifetime_file(folder: str | Path, hospital: int) -> Path:
     return Path(folder) / f"hospital_{hospital}{FILE_SUFFIX}"
 
 
-def compose_epsilon(history: History, delta: float, accountant: str) -> float:
-    """Epsilon of all the steps in ``history`` ((noise multiplier, sample rate, steps) entries) at ``delta``."""
-    merged: dict[tuple[float, float], int] = {}
-    for sigma, q, steps in history:  # composition commutes: same mechanism, steps add up (and it is faster)
-        if steps > 0:
-            merged[(float(sigma), float(q))] = merged.get((float(sigma), float(q)), 0) + int(steps)
-    return history_epsilon([(sigma, q, steps) for (sigma, q), steps in merged.items()], delta, accountant)
-
-
 @dataclass
 class StudySpending:
     """What one study cost: its accountant history (noise multiplier, sample rate, steps) and when."""
@@ -63,7 +54,7 @@ class StudySpending:
     @property
     def epsilon(self) -> float:
         """This study alone, at its own delta."""
-        return compose_epsilon(self.history, self.delta, self.accountant)
+        return history_epsilon(self.history, self.delta, self.accountant)
 
 
 def _extends(new: History, old: History) -> bool:
@@ -124,11 +115,11 @@ class LifetimeLedger:
 
     def epsilon(self, delta: float, accountant: str, extra: History = ()) -> float:
         """Lifetime epsilon at ``delta``: every recorded study composed, plus ``extra`` (a plan)."""
-        return compose_epsilon([h for e in self.entries for h in e.history] + list(extra), delta, accountant)
+        return history_epsilon([h for e in self.entries for h in e.history] + list(extra), delta, accountant)
 
     def epsilon_with(self, study: str, history: History, delta: float, accountant: str) -> float:
         """Lifetime epsilon if ``study``'s spending were ``history`` (its recorded entry replaced)."""
-        return compose_epsilon(self.others(study) + [tuple(h) for h in history], delta, accountant)
+        return history_epsilon(self.others(study) + [tuple(h) for h in history], delta, accountant)
 
 
 def main(argv: list[str] | None = None) -> int:

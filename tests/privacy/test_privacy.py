@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import privacy_cfg
+from opacus.accountants import create_accountant
 from torch import nn
 
 from pipeline.errors import ConfigError
+from pipeline.privacy.accounting import history_epsilon, known_epsilons, merged_history
 from pipeline.privacy.engine import make_private
 from pipeline.privacy.ledger import PrivacyLedger
 from pipeline.privacy.plan import DPPlan, plan_dp
@@ -24,6 +26,19 @@ def test_rdp_accountant_gives_opacus_known_value():
     eps = ledger.epsilon(1e-5)
 
     assert eps == pytest.approx(7.33, abs=0.01)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_equal_mechanisms_of_a_history_compose_as_one_entry(accountant):
+    a, b = (1.0, 1 / 12, 24), (2.0, 0.1, 10)
+    reference = create_accountant(accountant)
+    reference.history = [a, b, a]  # what Opacus is given unmerged
+
+    assert merged_history([a, b, a, (1.0, 1 / 12, 0)]) == ((1.0, 1 / 12, 48), (2.0, 0.1, 10))
+    assert history_epsilon([a, b, a], 1e-5, accountant) == pytest.approx(reference.get_epsilon(delta=1e-5), rel=1e-6)
+    assert history_epsilon([], 1e-5, accountant) == 0.0
+    history_epsilon([a, a], 1e-5, accountant)  # a round's budget check: the history and the round ahead
+    assert 1e-5 in known_epsilons([(1.0, 1 / 12, 48)], accountant)  # the spending after it: no second evaluation
 
 
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
