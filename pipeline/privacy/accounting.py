@@ -29,7 +29,8 @@ def merged_history(history: Iterable[Sequence]) -> tuple[Entry, ...]:
     steps: dict[tuple[float, float], int] = {}
     for s, q, n in history:
         if int(n) > 0:
-            steps[float(s), float(q)] = steps.get((float(s), float(q)), 0) + int(n)
+            mechanism = (float(s), float(q))
+            steps[mechanism] = steps.get(mechanism, 0) + int(n)
     return tuple((s, q, n) for (s, q), n in steps.items())
 
 
