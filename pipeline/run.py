@@ -7,6 +7,7 @@ the run folder: config.yaml, metrics.csv, summary.json, curves.png, model.pt.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -71,17 +72,23 @@ def check_device(cfg: DictConfig) -> None:
         raise ConfigError(f"device={device}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 and up")
 
 
-def preflight(cfg: DictConfig) -> None:
-    """Load the data, partition it, build the model and plan each hospital's DP budget: fail fast."""
-    from pipeline.privacy.plan import plan_for_run
+def check_settings(cfg: DictConfig) -> None:
+    """What the machine and the libraries must allow (the device, the tracking backend, FedProx with
+    DP), checked before anything starts."""
     from pipeline.reporting.tracking import check_backend
-    from pipeline.task.model import build_model
-    from pipeline.task.sites import hospital_data, pooled_data, test_dataset
 
     check_device(cfg)
     check_backend(cfg)
     if cfg.strategy.get("proximal_mu", 0) and cfg.privacy.enabled:
         raise ConfigError("strategy.proximal_mu > 0 (FedProx) is not supported with privacy=dpsgd; use strategy=fedavg")
+
+
+def preflight(cfg: DictConfig) -> None:
+    """Load the data, partition it, build the model and plan each hospital's DP budget: fail fast."""
+    from pipeline.privacy.plan import plan_for_run
+    from pipeline.task.model import build_model
+    from pipeline.task.sites import hospital_data, pooled_data, test_dataset
+
     test_dataset(cfg)
     rounds = int(cfg.federation.rounds)
     sites = (
@@ -130,20 +137,28 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
             'config can recompute them; this run is NOT private (summary.json: "private": false)'
         )
     run_dir.mkdir(parents=True, exist_ok=True)
+    simulated = cfg.federation.mode == "federated" and cfg.get("deployment") is None
     # the lock comes first: a second run in a live run's folder is refused before it rewrites anything
-    with FolderLock(run_dir):
+    with FolderLock(run_dir), contextlib.ExitStack() as stack:
         # a resumed run rewrites the same config (plus settings newer than the run, see resume_config)
         write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
         with watch.phase("preflight"):
+            check_settings(cfg)
+            cluster = None
+            if simulated:  # Ray starts (and its workers import) while the data and budgets are checked
+                from pipeline.engines.simulation import RayCluster, ray_cpus
+
+                cluster = RayCluster(ray_cpus(cfg)).start()
+                stack.callback(cluster.stop)  # a refusal below stops it again
             preflight(cfg)
         if cfg.federation.mode == "federated" and cfg.get("deployment") is not None:
             from pipeline.engines.deployment import run_local_deployment
 
             summary = run_local_deployment(cfg, run_dir)
-        elif cfg.federation.mode == "federated":
+        elif simulated:
             from pipeline.engines.simulation import run_federated
 
-            summary = run_federated(cfg, run_dir)
+            summary = run_federated(cfg, run_dir, cluster)
         else:
             from pipeline.engines.baselines import run_baseline
 

@@ -20,9 +20,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -39,13 +41,13 @@ from pipeline.flower.context import (
     SIGNING_DIR_KEY,
     STATE_DIR_KEY,
 )
-from pipeline.reporting.logs import hospital_runtime_env
 from pipeline.reporting.recorder import CHECKPOINT_FILE, SUMMARY_FILE
 from pipeline.reporting.timing import Stopwatch
 from pipeline.secagg.params import ROSTER_FILE, SECRET_FILE, SERVER_FILE, SIGNING_DIR
 
 log = logging.getLogger("fedmed")
 RUN_TAG = "FEDMED_RAY_SESSION"  # in the environment of every process a simulation's Ray session starts
+WORKER_PRELOAD = "pipeline.engines.ray_worker"  # what each Ray worker imports before it accepts work
 
 
 def _run_module(module: str, *args: str) -> None:
@@ -97,6 +99,20 @@ def backend_config(cfg: DictConfig) -> dict:
     return {"client_resources": {"num_cpus": float(fed.cpus_per_hospital), "num_gpus": gpu_share(cfg)}}
 
 
+def ray_cpus(cfg: DictConfig) -> int:
+    """The CPUs this run's Ray gets: the machine's (as Ray counts them, container limits included) but
+    no more than the hospitals can use at once (``num_hospitals`` x ``cpus_per_hospital``): Ray starts a
+    worker per CPU, and each imports torch, MONAI and Opacus before it accepts work."""
+    try:
+        from ray._private.utils import get_num_cpus  # Ray's own count (cgroup quotas included)
+
+        machine = int(get_num_cpus())
+    except (ImportError, AttributeError):
+        machine = os.cpu_count() or 1
+    wanted = math.ceil(int(cfg.federation.num_hospitals) * float(cfg.federation.cpus_per_hospital))
+    return max(1, min(machine, wanted))
+
+
 def stop_tagged(tag: str, grace: float = 3.0) -> None:
     """SIGTERM every process whose environment carries ``RUN_TAG=<tag>``, SIGKILL what is left after ``grace`` s."""
     from pipeline.engines.deployment import processes_with_environment
@@ -111,39 +127,102 @@ def stop_tagged(tag: str, grace: float = 3.0) -> None:
             time.sleep(0.2)
 
 
-@contextlib.contextmanager
-def ray_session(watch: Stopwatch | None = None) -> Iterator[None]:
-    """Ray started here (Flower's backend then uses it) and always shut down, interrupted or not;
-    ``watch`` (if given) times the start (``ray_start``) and the shutdown (``ray_stop``).
+class RayCluster:
+    """This run's Ray, started by :meth:`start` in a thread of its own and stopped by :meth:`stop`.
 
-    Ray's ``init`` replaces the driver's SIGTERM handler with one that exits without a word; ours
-    (an interrupt that stops everything and names the resume command) is put back. Ray workers
-    inherit the environment (so a test's FEDMED_FAULTS plan reaches the hospitals) and run
-    :func:`pipeline.reporting.logs.setup_hospital_process` at start. Every process Ray starts carries
-    this session's :data:`RUN_TAG` in its environment: whatever outlives ``ray.shutdown()`` (agents
-    orphaned by the raylet) is stopped by it.
+    Started before the driver's preflight, Ray's start and the hospitals' imports overlap the
+    driver's own: each Ray worker imports :mod:`pipeline.engines.ray_worker` before it accepts work
+    (Ray's ``preload_python_modules``), and Ray starts its workers as it starts. Ray ties the life of
+    its processes to the thread that started them (Linux's parent-death signal), so that thread
+    stays until :meth:`stop` and shuts Ray down itself. Every process Ray starts inherits this
+    session's :data:`RUN_TAG` (whatever outlives ``ray.shutdown()`` is stopped by it), the project's
+    import path, and the environment (so a test's FEDMED_FAULTS plan reaches the hospitals).
     """
-    import ray
 
-    tag = os.environ[RUN_TAG] = secrets.token_hex(8)
-    ours = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    # the workers import this project by sys.path, as Flower's own Ray start does
-    pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+    def __init__(self, num_cpus: int | None = None) -> None:
+        self.num_cpus = num_cpus  # None: Ray counts the machine's
+        self.tag = ""
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._saved_env: dict[str, str | None] = {}
+        self._handlers: dict[int, Any] = {}
+
+    def start(self) -> RayCluster:
+        """Start Ray in the background; returns at once (:meth:`ready` waits for it)."""
+        self.tag = secrets.token_hex(8)
+        # the workers import this project by sys.path, as Flower's own Ray start does
+        pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+        self._handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for key, value in ((RUN_TAG, self.tag), ("PYTHONPATH", pythonpath)):
+            self._saved_env[key] = os.environ.get(key)
+            os.environ[key] = value
+        self._thread = threading.Thread(target=self._own, name="ray-session", daemon=True)
+        self._thread.start()
+        return self
+
+    def _own(self) -> None:
+        import ray
+
+        # started off the main thread on purpose (the driver's handlers stay ours): Ray's note of it is noise
+        logging.getLogger("ray._private.worker").addFilter(lambda r: "current thread is not the main" not in str(r.msg))
+        try:
+            ray.init(
+                address="local", num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=True,
+                logging_level=logging.WARNING, _system_config={"preload_python_modules": [WORKER_PRELOAD]},
+            )  # fmt: skip
+        except BaseException as err:  # handed to the main thread by ready()
+            self._error = err
+            self._ready.set()
+            return
+        self._ready.set()
+        self._stop.wait()
+        ray.shutdown()
+
+    def ready(self) -> None:
+        """Wait until Ray is up; called from the main thread, it puts the driver's SIGINT/SIGTERM
+        handlers back over the crash handler Ray's core worker installs (a SIGTERM would otherwise end
+        the driver with a stack dump instead of stopping the run and naming its resume command).
+
+        Raises:
+            RunFailed: Ray did not start (its error named).
+        """
+        self._ready.wait()
+        if self._error is not None:
+            raise RunFailed(f"Ray did not start: {self._error}") from self._error
+        for signum, handler in self._handlers.items():
+            signal.signal(signum, handler)
+
+    def stop(self) -> None:
+        """Shut Ray down and stop every process of this session; idempotent."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+        stop_tagged(self.tag)
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def ray_session(watch: Stopwatch | None = None, cluster: RayCluster | None = None) -> Iterator[None]:
+    """``cluster`` (or a :class:`RayCluster` started here) up for the body (Flower's backend then uses
+    it) and always stopped after, interrupted or not; ``watch`` (if given) times the wait for its start
+    (``ray_start``) and its shutdown (``ray_stop``)."""
+    cluster = cluster if cluster is not None else RayCluster().start()
     watch = watch if watch is not None else Stopwatch()
-    with watch.phase("ray_start"):
-        ray.init(
-            include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
-            runtime_env=hospital_runtime_env(pythonpath),
-        )  # fmt: skip
-    for signum, handler in ours.items():
-        signal.signal(signum, handler)
     try:
+        with watch.phase("ray_start"):
+            cluster.ready()
         yield
     finally:
         with watch.phase("ray_stop"):
-            ray.shutdown()
-            stop_tagged(tag)
-        del os.environ[RUN_TAG]
+            cluster.stop()
 
 
 def hospital_folder(cfg: DictConfig, run_dir: Path) -> Path:
@@ -195,7 +274,7 @@ def finish(cfg: DictConfig, run_dir: Path, secret_context: Path | None) -> dict:
     return summary
 
 
-def run_federated(cfg: DictConfig, run_dir: Path) -> dict:
+def run_federated(cfg: DictConfig, run_dir: Path, cluster: RayCluster | None = None) -> dict:
     """Simulate ``federation.num_hospitals`` hospitals; return the run's summary.
 
     The hospitals' folder is deleted once the run's summary is final (:func:`discard_hospital_folder`);
@@ -212,11 +291,12 @@ def run_federated(cfg: DictConfig, run_dir: Path) -> dict:
         if not cfg.resume and private.exists():
             shutil.rmtree(private)  # a stale folder of an earlier run in the same place
         write_owner(private, run_dir)
-        return _simulate(cfg, run_dir, private)
+        return _simulate(cfg, run_dir, private, cluster)
 
 
-def _simulate(cfg: DictConfig, run_dir: Path, private: Path) -> dict:
-    """The rounds, the consortium's test and the summary, with the hospitals' files in ``private``."""
+def _simulate(cfg: DictConfig, run_dir: Path, private: Path, cluster: RayCluster | None = None) -> dict:
+    """The rounds, the consortium's test and the summary, with the hospitals' files in ``private``, on
+    ``cluster`` (started by the caller, see :class:`RayCluster`) or a Ray started here."""
     from flwr.simulation import run_simulation
 
     from pipeline.flower import client_app, server_app
@@ -238,7 +318,7 @@ def _simulate(cfg: DictConfig, run_dir: Path, private: Path) -> dict:
         # each simulated hospital reads its own signing key from the folder; the roster is public
         node_config[SIGNING_DIR_KEY] = str(private / SIGNING_DIR)
         node_config[ROSTER_KEY] = str(private / ROSTER_FILE)
-    with ray_session(watch), watch.phase("simulation"):
+    with ray_session(watch, cluster), watch.phase("simulation"):
         run_simulation(
             server_app=server_app.make_app(apps_config),
             client_app=client_app.make_app(apps_config, node_config),

@@ -144,16 +144,9 @@ def _quiet_flower() -> None:
     FLOWER_LOGGER.propagate = True
 
 
-def hospital_runtime_env(pythonpath: str) -> dict[str, Any]:
-    """Ray's ``runtime_env`` for the simulated hospitals: our import path, console level and process setup."""
-    return {
-        "env_vars": {"PYTHONPATH": pythonpath, LEVEL_ENV: os.environ.get(LEVEL_ENV, "info")},
-        "worker_process_setup_hook": f"{__name__}.setup_hospital_process",
-    }
-
-
 def setup_hospital_process() -> None:
-    """Run by every Ray worker at start: library noise silenced (below debug); Ctrl-C is the driver's.
+    """Run by every Ray worker at start (:mod:`pipeline.engines.ray_worker`): library noise silenced
+    (below debug); Ctrl-C is the driver's.
 
     Below debug, Python warnings raised in the libraries and Flower's known lines
     (:data:`LIBRARY_NOISE`) are dropped and Flower's own console handler (a duplicate of each of its
