@@ -1,0 +1,73 @@
+"""The simulation's Ray: started before the preflight, its workers hold the hospital's modules before
+any message, it gets no more CPUs than the hospitals use, and a refused run leaves none of it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from conftest import ROOT, compose_cfg
+
+from pipeline.engines.deployment import processes_with_environment
+from pipeline.engines.simulation import RUN_TAG, RayCluster, ray_cpus
+
+
+@pytest.mark.parametrize(
+    "hospitals, cpus_each, machine, expected",
+    [(3, 1, 2, 2), (3, 1, 16, 3), (3, 0.5, 16, 2), (3, 1.5, 16, 5), (30, 1, 16, 16)],
+)
+def test_ray_gets_the_machines_cpus_but_no_more_than_the_hospitals_use_at_once(
+    monkeypatch, hospitals, cpus_each, machine, expected
+):
+    import ray._private.utils
+
+    monkeypatch.setattr(ray._private.utils, "get_num_cpus", lambda: machine)
+    cfg = compose_cfg(
+        f"federation.num_hospitals={hospitals}", f"federation.cpus_per_hospital={cpus_each}", validated=False
+    )
+    assert ray_cpus(cfg) == expected
+
+
+@pytest.mark.e2e
+def test_each_ray_worker_holds_the_hospitals_modules_before_it_is_given_work_and_stop_ends_every_process():
+    import ray
+
+    cluster = RayCluster(num_cpus=1).start()
+    tag = cluster.tag
+    try:
+        assert os.environ[RUN_TAG] == tag
+        cluster.ready()
+
+        @ray.remote(num_cpus=1)
+        class Probe:
+            def modules(self) -> list[str]:
+                return [m for m in ("torch", "opacus", "tenseal", "pipeline.flower.hospital") if m in sys.modules]
+
+        time.sleep(20)  # the preloading worker Ray started with itself has finished its imports
+        started = time.monotonic()
+        probe = Probe.remote()
+        held = ray.get(probe.modules.remote(), timeout=120)
+        took = time.monotonic() - started
+    finally:
+        cluster.stop()
+    assert held == ["torch", "opacus", "tenseal", "pipeline.flower.hospital"]
+    assert took < 5, f"the actor waited {took:.1f} s: it did not land on the preloaded worker"
+    assert RUN_TAG not in os.environ
+    assert processes_with_environment(f"\0{RUN_TAG}={tag}\0") == []
+
+
+@pytest.mark.e2e
+def test_a_run_refused_after_ray_started_leaves_no_process_of_it(tmp_path):
+    # the data folder is checked in the preflight, which runs while Ray starts
+    tag = f"fedmed-test-{uuid.uuid4().hex}"
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", f"run_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'none'}",
+         f"federation.hospital_dir={tmp_path / 'h'}"],
+        cwd=ROOT, env={**os.environ, "FEDMED_TEST_TAG": tag}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stdout + done.stderr
+    assert processes_with_environment(tag) == []
