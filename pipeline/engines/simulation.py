@@ -181,7 +181,7 @@ class RayCluster:
         ray.shutdown()
 
     def ready(self) -> None:
-        """Wait until Ray is up; called from the main thread, it puts the driver's SIGINT/SIGTERM
+        """Wait until Ray is up; called from the main thread (as the run does), it puts the driver's SIGINT/SIGTERM
         handlers back over the crash handler Ray's core worker installs (a SIGTERM would otherwise end
         the driver with a stack dump instead of stopping the run and naming its resume command).
 
@@ -191,8 +191,9 @@ class RayCluster:
         self._ready.wait()
         if self._error is not None:
             raise RunFailed(f"Ray did not start: {self._error}") from self._error
-        for signum, handler in self._handlers.items():
-            signal.signal(signum, handler)
+        if threading.current_thread() is threading.main_thread():  # only it may set handlers
+            for signum, handler in self._handlers.items():
+                signal.signal(signum, handler)
 
     def stop(self) -> None:
         """Shut Ray down and stop every process of this session; idempotent."""
