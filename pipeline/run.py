@@ -1,7 +1,8 @@
 """Entry point: ``python -m pipeline.run [overrides]`` (or ``fedmed-run``), one run per Hydra job.
 
-Checks the whole config and the data before starting anything (a bad value stops the run with
-one line naming it), then runs the federated simulation or a baseline, and writes everything to
+Checks the whole config before starting anything and the data before any hospital trains (a bad
+value stops the run with one line naming it; a simulation's Ray starts beside the data checks and
+stops again if they fail), then runs the federated simulation or a baseline, and writes everything to
 the run folder: config.yaml, metrics.csv, summary.json, curves.png, model.pt.
 """
 

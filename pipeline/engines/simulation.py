@@ -181,9 +181,9 @@ class RayCluster:
         ray.shutdown()
 
     def ready(self) -> None:
-        """Wait until Ray is up; called from the main thread (as the run does), it puts the driver's SIGINT/SIGTERM
-        handlers back over the crash handler Ray's core worker installs (a SIGTERM would otherwise end
-        the driver with a stack dump instead of stopping the run and naming its resume command).
+        """Wait until Ray is up. On the main thread (as in a run) it puts the driver's SIGINT/SIGTERM
+        handlers back over the crash handler Ray's core worker installs, which would print a stack
+        dump before handing a SIGTERM on to ours.
 
         Raises:
             RunFailed: Ray did not start (its error named).
