@@ -26,6 +26,7 @@ from pipeline.config import conf_dir, validate
 from pipeline.config import paths as _paths  # noqa: F401  (registers the config's resolvers)
 from pipeline.config.resume import resume_config
 from pipeline.errors import ConfigError, DataError, RunFailed
+from pipeline.heap import freeze_heap, quick_exit
 from pipeline.reporting import logs
 from pipeline.reporting.atomic import write_atomic
 from pipeline.reporting.console import close_live_progress, summary_table
@@ -152,6 +153,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
                 cluster = RayCluster(ray_cpus(cfg)).start()
                 stack.callback(cluster.stop)  # a refusal below stops it again
             preflight(cfg)
+        freeze_heap()  # the libraries are imported: keep their objects out of every later collection
         if cfg.federation.mode == "federated" and cfg.get("deployment") is not None:
             from pipeline.engines.deployment import run_local_deployment
 
@@ -258,6 +260,7 @@ def main() -> None:
     """Console-script entry point (``fedmed-run``): unknown keys and options stop in one line, then Hydra runs."""
     from pipeline.config.suggest import exit_on_unknown_override
 
+    quick_exit()
     exit_on_unknown_override(sys.argv[1:])
     exit_on_locked_folder(sys.argv[1:])
     hydra_main()

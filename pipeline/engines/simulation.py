@@ -47,6 +47,7 @@ from pipeline.secagg.params import ROSTER_FILE, SECRET_FILE, SERVER_FILE, SIGNIN
 
 log = logging.getLogger("fedmed")
 RUN_TAG = "FEDMED_RAY_SESSION"  # in the environment of every process a simulation's Ray session starts
+TELEMETRY_ENV = "FLWR_TELEMETRY_ENABLED"  # Flower's switch for its usage reports ("0": none)
 WORKER_PRELOAD = "pipeline.engines.ray_worker"  # what each Ray worker imports before it accepts work
 
 
@@ -136,7 +137,8 @@ class RayCluster:
     its processes to the thread that started them (Linux's parent-death signal), so that thread
     stays until :meth:`stop` and shuts Ray down itself. Every process Ray starts inherits this
     session's :data:`RUN_TAG` (whatever outlives ``ray.shutdown()`` is stopped by it), the project's
-    import path, and the environment (so a test's FEDMED_FAULTS plan reaches the hospitals).
+    import path, Flower's telemetry switched off (unless the user switched it on) and the
+    environment (so a test's FEDMED_FAULTS plan reaches the hospitals).
     """
 
     def __init__(self, num_cpus: int | None = None) -> None:
@@ -155,7 +157,10 @@ class RayCluster:
         # the workers import this project by sys.path, as Flower's own Ray start does
         pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
         self._handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        for key, value in ((RUN_TAG, self.tag), ("PYTHONPATH", pythonpath)):
+        # Flower reports each simulation to its servers (platform, CPU count) unless told not to; a
+        # hospital's machine calls home only when its user sets FLWR_TELEMETRY_ENABLED=1 (as deployed)
+        telemetry = os.environ.get(TELEMETRY_ENV, "0")
+        for key, value in ((RUN_TAG, self.tag), ("PYTHONPATH", pythonpath), (TELEMETRY_ENV, telemetry)):
             self._saved_env[key] = os.environ.get(key)
             os.environ[key] = value
         self._thread = threading.Thread(target=self._own, name="ray-session", daemon=True)

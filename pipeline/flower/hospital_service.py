@@ -44,6 +44,7 @@ from typing import TypeVar
 from flwr.app import Context, RecordDict
 
 from pipeline.flower import messages as M
+from pipeline.heap import freeze_heap, quick_exit
 
 log = logging.getLogger("fedmed")
 _LENGTH = struct.Struct(">Q")
@@ -213,6 +214,7 @@ def serve(path: Path, on_ready: Callable[[], None] | None = None) -> None:
     with listening(path) as server:
         import pipeline.flower.hospital  # noqa: F401  (torch, MONAI, Opacus, TenSEAL: loaded once, now)
 
+        freeze_heap()  # their objects stay out of the collector's passes (pipeline.heap)
         log.info("hospital service listening at %s (pid %d)", path, os.getpid())
         if on_ready is not None:
             on_ready()
@@ -231,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", required=True, type=Path, help="the Unix socket (its folder: owner-only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    quick_exit()
 
     def stop(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)

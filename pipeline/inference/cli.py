@@ -19,6 +19,7 @@ import warnings
 import torch
 
 from pipeline.errors import ConfigError, DataError
+from pipeline.heap import quick_exit
 from pipeline.inference.clear import (
     INFERENCE_DIR,
     SPLITS,
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.inference.session import encrypted_logits
 
     args = parse_args(argv)
+    quick_exit()  # no walk of the imported libraries' heap at exit (pipeline.heap)
     warnings.filterwarnings("ignore", category=UserWarning)
 
     def log(msg: str) -> None:

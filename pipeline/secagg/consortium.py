@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.heap import quick_exit
 from pipeline.reporting.clinical_plots import write_clinical_plots
 from pipeline.reporting.recorder import CONFIG_FILE, METRICS_FILE, MODEL_FILE, SUMMARY_FILE, read_metrics, write_json
 from pipeline.secagg import aggregates
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("--secret-context", required=True, help="the hospitals' secret context file")
     args = parser.parse_args(argv)
+    quick_exit()  # no walk of the imported libraries' heap at exit (pipeline.heap)
     try:
         metrics = test_final_model(args.run_dir, args.secret_context)
     except AggregateRefused as err:

@@ -3,6 +3,7 @@ any message, it gets no more CPUs than the hospitals use, and a refused run leav
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 from conftest import ROOT, compose_cfg
 
 from pipeline.engines.deployment import processes_with_environment
-from pipeline.engines.simulation import RUN_TAG, RayCluster, ray_cpus
+from pipeline.engines.simulation import RUN_TAG, TELEMETRY_ENV, RayCluster, ray_cpus
 
 
 @pytest.mark.parametrize(
@@ -47,6 +48,7 @@ def _started(pid: int) -> float:
 def test_each_ray_worker_holds_the_hospitals_modules_before_it_is_given_work_and_stop_ends_every_process():
     import ray
 
+    telemetry_before = os.environ.get(TELEMETRY_ENV)
     cluster = RayCluster(num_cpus=1).start()
     tag = cluster.tag
     try:
@@ -55,17 +57,20 @@ def test_each_ray_worker_holds_the_hospitals_modules_before_it_is_given_work_and
 
         @ray.remote(num_cpus=1)
         class Probe:
-            def modules(self) -> tuple[float, list[str]]:
+            def modules(self) -> tuple[float, list[str], int, str | None]:
                 held = [m for m in ("torch", "opacus", "tenseal", "pipeline.flower.hospital") if m in sys.modules]
-                return _started(os.getpid()), held
+                return _started(os.getpid()), held, gc.get_freeze_count(), os.environ.get(TELEMETRY_ENV)
 
         asked = _uptime()
-        started, held = ray.get(Probe.remote().modules.remote(), timeout=120)
+        started, held, frozen, telemetry = ray.get(Probe.remote().modules.remote(), timeout=120)
     finally:
         cluster.stop()
     assert held == ["torch", "opacus", "tenseal", "pipeline.flower.hospital"]
+    # the imported libraries' objects are out of the collector's reach (pipeline.heap); no usage
+    # report of the hospital's machine goes to Flower's servers
+    assert frozen > 100_000 and telemetry == "0"
     assert started < asked, "the actor did not land on a worker Ray started (and preloaded) with itself"
-    assert RUN_TAG not in os.environ
+    assert RUN_TAG not in os.environ and os.environ.get(TELEMETRY_ENV) == telemetry_before
     assert processes_with_environment(f"\0{RUN_TAG}={tag}\0") == []
 
 

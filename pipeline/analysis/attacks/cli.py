@@ -12,6 +12,7 @@ import torch
 
 from pipeline.analysis.attacks.report import ATTACK_DIR, GRID_PNG, REPORT_JSON, REPORT_MD, report_markdown, write_report
 from pipeline.analysis.attacks.run import AttackError, AttackOptions, attack_run
+from pipeline.heap import quick_exit
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,6 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point (``fedmed-attack``); returns the exit code (0 ok, 2 bad input)."""
     args = parse_args(argv)
+    quick_exit()  # no walk of the imported libraries' heap at exit (pipeline.heap)
     opts = AttackOptions(
         batch_size=args.batch_size,
         iterations=args.iterations,

@@ -11,6 +11,7 @@ from pathlib import Path
 from pipeline.analysis.compare.comparison import compare
 from pipeline.analysis.compare.report import runs_markdown, seed_markdown, write_report
 from pipeline.analysis.compare.runs import CompareError, load_runs
+from pipeline.heap import quick_exit
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -40,6 +41,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; returns the exit code (0 ok, 2 bad input, 1 report not written)."""
     args = parse_args(argv)
+    quick_exit()  # no walk of the imported libraries' heap at exit (pipeline.heap)
     try:
         if args.strict and args.skip_incomplete:
             raise CompareError("--strict and --skip-incomplete contradict each other; give one")
