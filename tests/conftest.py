@@ -69,12 +69,17 @@ def run_pipeline(run_dir: Path, *overrides: str, check: bool = True) -> subproce
     return done
 
 
+CONSOLE = "console.txt"
+
+
 @pytest.fixture(scope="session")
 def private_run(tmp_path_factory) -> Path:
-    """The product's default pipeline (DP-SGD + CKKS) simulated, shrunk to :data:`SMALL`."""
-    run_dir = tmp_path_factory.mktemp("dp_ckks")
+    """The product's default pipeline (DP-SGD + CKKS) simulated, shrunk to :data:`SMALL`; what the
+    command printed (stdout, then stderr) is in ``<run folder>/../console.txt`` (:data:`CONSOLE`)."""
+    run_dir = tmp_path_factory.mktemp("dp_ckks") / "run"
     private = tmp_path_factory.mktemp("hospitals")
-    run_pipeline(run_dir, *SMALL, f"federation.hospital_dir={private}")
+    done = run_pipeline(run_dir, *SMALL, f"federation.hospital_dir={private}")
+    (run_dir.parent / CONSOLE).write_text(done.stdout + done.stderr)
     return run_dir
 
 

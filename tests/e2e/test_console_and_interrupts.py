@@ -16,9 +16,10 @@ import time
 import uuid
 
 import pytest
-from conftest import ROOT, SMALL, run_pipeline
+from conftest import CONSOLE, ROOT, SMALL
 
 from pipeline.engines.deployment import processes_with_environment
+from pipeline.reporting.recorder import read_metrics
 
 pytestmark = pytest.mark.e2e
 RESUME = "saved in {run_dir}; continue with: python -m pipeline.run resume={run_dir}"
@@ -26,23 +27,21 @@ TWO = [*SMALL, "federation.num_hospitals=2", "encryption.colluders=0"]
 NOISE = ("[flwr][DEBUG]", "DEPRECATED FEATURE", "Optimal order", "Secure RNG", "FutureWarning", "Manually terminating")
 
 
-def test_the_console_shows_our_lines_and_run_log_keeps_the_libraries(tmp_path):
-    done = run_pipeline(tmp_path / "run", *TWO, "federation.rounds=1", f"federation.hospital_dir={tmp_path / 'h'}")
-
-    console = done.stdout + done.stderr
-    kept = (tmp_path / "run" / "run.log").read_text()
+def test_the_console_shows_our_lines_and_run_log_keeps_the_libraries(private_run):
+    console = (private_run.parent / CONSOLE).read_text()
+    kept = (private_run / "run.log").read_text()
     assert not [line for line in console.splitlines() if any(n in line for n in NOISE)], console
-    assert "round 1/1 | 2 hospitals" in console and "federated (2 hospitals, 1 rounds)" in console
-    assert "[flwr][DEBUG]" in kept and "round 1/1 | 2 hospitals" in kept
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["devices"] == {"hospital 0": "cpu", "hospital 1": "cpu"}  # as the hospitals reported it
+    assert "round 2/2 | 3 hospitals" in console and "federated (3 hospitals, 2 rounds)" in console
+    assert "[flwr][DEBUG]" in kept and "round 2/2 | 3 hospitals" in kept
+    summary = json.loads((private_run / "summary.json").read_text())
+    assert summary["devices"] == {f"hospital {h}": "cpu" for h in range(3)}  # as the hospitals reported it
 
 
 @pytest.mark.parametrize(
     "signum, code, after_line, saved",
     [
-        (signal.SIGINT, 130, "round 1/4", RESUME),
-        (signal.SIGTERM, 143, "round 1/4", RESUME),
+        (signal.SIGINT, 130, "round 1/2", RESUME),
+        (signal.SIGTERM, 143, "round 1/2", RESUME),  # then resumed to the end
         # while round 1 trains: the failed round is not presented as a result (no stopped_early summary)
         (signal.SIGINT, 130, "training images", "no round is complete yet, the run is " + RESUME),
     ],
@@ -51,7 +50,7 @@ def test_an_interrupt_stops_everything_within_seconds_and_names_the_resume_comma
     tmp_path, signum, code, after_line, saved
 ):
     run_dir, tag = tmp_path / "run", f"fedmed-test-{uuid.uuid4().hex}"
-    cmd = [sys.executable, "-m", "pipeline.run", f"run_dir={run_dir}", *TWO, "federation.rounds=4"]
+    cmd = [sys.executable, "-m", "pipeline.run", f"run_dir={run_dir}", *TWO, "federation.rounds=2"]
     proc = subprocess.Popen(
         [*cmd, f"federation.hospital_dir={tmp_path / 'h'}"],
         cwd=ROOT, env={**os.environ, "FEDMED_TEST_TAG": tag},
@@ -85,5 +84,15 @@ def test_an_interrupt_stops_everything_within_seconds_and_names_the_resume_comma
     time.sleep(1)
     assert processes_with_environment(tag) == []  # no Ray process (or any other) of the run is left
     assert not (run_dir / "summary.json").exists()  # an interrupted run presents no result
-    if after_line == "round 1/4":
-        assert json.loads((run_dir / "checkpoint.json").read_text())["completed_round"] >= 1
+    assert not list(run_dir.rglob("*.tmp"))  # no half-written file
+    if after_line == "round 1/2":
+        assert json.loads((run_dir / "checkpoint.json").read_text())["completed_round"] == 1
+    if signum == signal.SIGTERM:  # what was saved is enough to finish the private run
+        resumed = subprocess.run(
+            [sys.executable, "-m", "pipeline.run", f"resume={run_dir}"], cwd=ROOT, capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        result = json.loads((run_dir / "summary.json").read_text())
+        assert result["status"] == "completed" and [r["round"] for r in read_metrics(run_dir / "metrics.csv")] == [1, 2]
+        assert len(result["epsilon"]) == 2 and all(7.5 < e <= 8.0 for e in result["epsilon"].values())

@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -204,25 +205,79 @@ def test_unregistered_or_unverified_supernodes_are_refused_and_everything_stops(
     assert processes_with_environment(str(tmp_path)) == []
 
 
-def deploy(run_dir: Path, *overrides: str) -> None:
-    """The README's one command: ``python scripts/deploy_local.py run_dir=<run_dir> <overrides>``."""
-    cmd = [sys.executable, "scripts/deploy_local.py", f"run_dir={run_dir}", *overrides]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+@dataclass
+class KilledAndResumed:
+    """The suite's deployment: what its SIGKILL left behind, and the resumed command's result."""
+
+    run_dir: Path
+    private: Path  # federation.hospital_dir: the deployment's workspace lives here
+    workspace: Path
+    states: list[Path]  # each hospital's state file of this study, as the kill left them
+    leftovers: list[int]  # processes of the killed deployment still alive 30 s after the kill
+    resumed: subprocess.CompletedProcess
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory) -> tuple[Path, Path]:
-    """A DP + CKKS run of 2 rounds on a local SuperLink + 3 SuperNodes (TLS, node authentication)."""
-    run_dir = tmp_path_factory.mktemp("deployed")
-    private = tmp_path_factory.mktemp("hospitals")
-    deploy(run_dir, *SMALL, f"federation.hospital_dir={private}")
-    return run_dir, private
+def deployed(tmp_path_factory) -> KilledAndResumed:
+    """A DP + CKKS run of 2 rounds on a local SuperLink + 3 SuperNodes (TLS, node authentication),
+    SIGKILLed (its whole process group) while round 2 trains, then resumed with
+    ``python -m pipeline.run resume=<run folder>``.
+
+    One deployment serves every end-to-end check: the killed process ran round 1 from start to
+    evaluation, the resumed one ran round 2, the final test and the clean-up, so each phase of an
+    uninterrupted deployment ran in one of them (a second, uninterrupted deployment cost 2 minutes).
+    """
+    run_dir, private = tmp_path_factory.mktemp("deployed") / "run", tmp_path_factory.mktemp("hospitals")
+    cmd = [sys.executable, "scripts/deploy_local.py", f"run_dir={run_dir}", *SMALL]
+    cmd.append(f"federation.hospital_dir={private}")
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )  # fmt: skip
+    deadline = time.monotonic() + 900
+    while proc.poll() is None and time.monotonic() < deadline:
+        progress = _json(run_dir / "checkpoint.json").get("in_progress", {})
+        if progress.get("round") == 2 and not progress.get("evaluating"):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the deployment ended before round 2"
+    time.sleep(random.uniform(0.0, 3.0))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    (workspace,) = [p for p in private.iterdir() if p.is_dir()]
+    study = OmegaConf.load(run_dir / "config.yaml").study_id
+    states = sorted(workspace.glob(f"hospitals/hospital_*/state/{study}/hospital_*.npz"))
+    gone = time.monotonic() + 30  # the SuperLink, SuperNodes and services die with the process that started them
+    while flwr_processes(workspace / "flwr_home") and time.monotonic() < gone:
+        time.sleep(0.2)
+    leftovers = flwr_processes(workspace / "flwr_home")
+    resumed = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", f"resume={run_dir}"], cwd=ROOT, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+    return KilledAndResumed(run_dir, private, workspace, states, leftovers, resumed)
+
+
+@pytest.mark.e2e
+def test_a_deployment_killed_mid_round_resumes_with_every_hospital_ledger_kept(deployed):
+    # the killed run kept its workspace and state; the resumed one completes round 2 with each
+    # hospital charged once a round (the ledgers were kept), then leaves nothing behind
+    assert len(deployed.states) == 3 and deployed.leftovers == []
+    resumed = deployed.resumed
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    run_dir = deployed.run_dir
+    summary = _json(run_dir / "summary.json")
+    assert summary["status"] == "completed" and summary["engine"] == "deployment"
+    assert [r["round"] for r in read_metrics(run_dir / "metrics.csv")] == [1, 2]
+    hospitals = _json(run_dir / "privacy.json")["hospitals"]
+    assert sorted(hospitals) == ["0", "1", "2"]
+    assert all(h["rounds_trained"] == 2 and len(h["history"]) == 1 for h in hospitals.values()), hospitals
+    assert not deployed.workspace.exists() and flwr_processes(deployed.workspace / "flwr_home") == []
 
 
 @pytest.mark.e2e
 def test_deployment_runs_to_the_end_with_dp_and_encryption_and_leaves_nothing(deployed):
-    run_dir, private = deployed
+    run_dir, private = deployed.run_dir, deployed.private
+    assert deployed.resumed.returncode == 0, deployed.resumed.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["engine"] == "deployment"
     assert summary["encrypted"] is True and summary["rounds_completed"] == 2 and summary["num_hospitals"] == 3
@@ -238,7 +293,7 @@ def test_deployment_runs_to_the_end_with_dp_and_encryption_and_leaves_nothing(de
 
 @pytest.mark.e2e
 def test_deployment_and_simulation_of_one_config_agree(deployed, private_run, tmp_path):
-    run_dir, _ = deployed
+    run_dir = deployed.run_dir
     sim_dir = private_run  # the same SMALL config on the simulation engine
     dep, sim = (json.loads((d / "summary.json").read_text()) for d in (run_dir, sim_dir))
     # the same plan spends the same budget; the DP noise is fresh in each run, so the models differ
@@ -270,6 +325,8 @@ def test_a_failed_deployment_stops_every_process_and_keeps_its_workspace(tmp_pat
         f"run_dir={tmp_path / 'run'}",
         *SMALL,
         f"federation.hospital_dir={private}",
+        "federation.num_hospitals=2",  # a third hospital adds nothing to this check
+        "encryption.colluders=0",
         "deployment.run_timeout=3",
     ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -279,53 +336,6 @@ def test_a_failed_deployment_stops_every_process_and_keeps_its_workspace(tmp_pat
     assert f"workspace kept for inspection (logs, keys): {workspace}" in done.stderr + done.stdout
     assert (workspace / "logs" / "superlink.log").exists()
     assert processes_with_environment(str(tmp_path)) == []
-
-
-@pytest.mark.e2e
-def test_a_deployment_killed_mid_round_resumes_with_every_hospital_ledger_kept(tmp_path):
-    # Prepare: a 2-round deployment, SIGKILLed (its whole process group) while round 2 trains
-    run_dir, private = tmp_path / "run", tmp_path / "hospitals"
-    cmd = [sys.executable, "scripts/deploy_local.py", f"run_dir={run_dir}", *SMALL]
-    cmd.append(f"federation.hospital_dir={private}")
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )  # fmt: skip
-    deadline = time.monotonic() + 900
-    while proc.poll() is None and time.monotonic() < deadline:
-        progress = _json(run_dir / "checkpoint.json").get("in_progress", {})
-        if progress.get("round") == 2 and not progress.get("evaluating"):
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the deployment ended before round 2"
-    time.sleep(random.uniform(0.0, 3.0))
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    (workspace,) = [p for p in private.iterdir() if p.is_dir()]
-    study = OmegaConf.load(run_dir / "config.yaml").study_id
-    states = sorted(workspace.glob(f"hospitals/hospital_*/state/{study}/hospital_*.npz"))
-    gone = time.monotonic() + 30  # the SuperLink, SuperNodes and services die with the process that started them
-    while flwr_processes(workspace / "flwr_home") and time.monotonic() < gone:
-        time.sleep(0.2)
-    leftovers = flwr_processes(workspace / "flwr_home")
-
-    # Execute
-    resumed = subprocess.run(
-        [sys.executable, "-m", "pipeline.run", f"resume={run_dir}"], cwd=ROOT, capture_output=True, text=True,
-        timeout=900,
-    )  # fmt: skip
-
-    # Assert: the killed run kept its workspace and state; the resumed one completes round 2 with
-    # each hospital charged once a round (the ledgers were kept), then leaves nothing behind
-    assert len(states) == 3 and leftovers == []
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    summary = _json(run_dir / "summary.json")
-    assert summary["status"] == "completed" and summary["engine"] == "deployment"
-    assert [r["round"] for r in read_metrics(run_dir / "metrics.csv")] == [1, 2]
-    hospitals = _json(run_dir / "privacy.json")["hospitals"]
-    assert sorted(hospitals) == ["0", "1", "2"]
-    assert all(h["rounds_trained"] == 2 and len(h["history"]) == 1 for h in hospitals.values()), hospitals
-    assert all(0 < e <= 8.0 for e in summary["epsilon"].values()) and len(summary["epsilon"]) == 3
-    assert not workspace.exists() and flwr_processes(workspace / "flwr_home") == []
 
 
 def _json(path: Path) -> dict:
