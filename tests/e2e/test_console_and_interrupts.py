@@ -87,6 +87,7 @@ def test_an_interrupt_stops_everything_within_seconds_and_names_the_resume_comma
     assert not list(run_dir.rglob("*.tmp"))  # no half-written file
     if after_line == "round 1/2":
         assert json.loads((run_dir / "checkpoint.json").read_text())["completed_round"] == 1
+        assert len(read_metrics(run_dir / "metrics.csv")) >= 1  # the completed round's row was kept
     if signum == signal.SIGTERM:  # what was saved is enough to finish the private run
         resumed = subprocess.run(
             [sys.executable, "-m", "pipeline.run", f"resume={run_dir}"], cwd=ROOT, capture_output=True, text=True,

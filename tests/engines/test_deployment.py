@@ -271,6 +271,7 @@ def test_a_deployment_killed_mid_round_resumes_with_every_hospital_ledger_kept(d
     hospitals = _json(run_dir / "privacy.json")["hospitals"]
     assert sorted(hospitals) == ["0", "1", "2"]
     assert all(h["rounds_trained"] == 2 and len(h["history"]) == 1 for h in hospitals.values()), hospitals
+    assert all(0 < e <= 8.0 for e in summary["epsilon"].values()) and len(summary["epsilon"]) == 3
     assert not deployed.workspace.exists() and flwr_processes(deployed.workspace / "flwr_home") == []
 
 
