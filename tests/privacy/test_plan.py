@@ -21,6 +21,18 @@ def cache(tmp_path, monkeypatch):
     plan_module._noise_multiplier.cache_clear()
 
 
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> tuple[float, str]:
+    """The search's own answer to ARGS and its cache key, searched once for the module."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(plan_module.CACHE_ENV, str(tmp_path_factory.mktemp("plan_cache")))
+        plan_module._noise_multiplier.cache_clear()
+        noise = plan_module._noise_multiplier(*ARGS)
+        key = next(iter(json.loads(cache_file().read_text())))
+        plan_module._noise_multiplier.cache_clear()
+    return noise, key
+
+
 def _search_must_not_run(monkeypatch):
     def refuse(**kwargs):
         raise AssertionError("the noise search ran although the cache holds a verified answer")
@@ -43,13 +55,12 @@ def test_a_search_is_cached_and_the_cached_answer_is_used(cache, monkeypatch):
 
 
 @pytest.mark.parametrize("tampered", [0.3, 50.0, -1.0, "x"])
-def test_a_cached_answer_that_does_not_spend_the_target_is_searched_again(cache, tampered):
-    # Prepare: the right answer, then the cache overwritten with a wrong one (too little noise: epsilon
-    # above the target; too much: utility thrown away; nonsense)
-    right = plan_module._noise_multiplier(*ARGS)
-    key = next(iter(json.loads(cache.read_text())))
+def test_a_cached_answer_that_does_not_spend_the_target_is_searched_again(cache, searched, tampered):
+    # Prepare: a cache holding a wrong answer (too little noise: epsilon above the target; too much:
+    # utility thrown away; nonsense) under the right key
+    right, key = searched
+    cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({key: tampered}))
-    plan_module._noise_multiplier.cache_clear()
 
     # Execute
     noise = plan_module._noise_multiplier(*ARGS)
